@@ -1,0 +1,31 @@
+"""Domain errors raised by services; views and the API turn them into clear messages."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base for expected, user-facing failures."""
+
+    status_code = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ConflictError(DomainError):
+    """Stale write: someone changed the object since it was read."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, message: str, *, current_version: int | None = None) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
+class PermissionDeniedError(DomainError):
+    status_code = 403
+    code = "permission_denied"

@@ -1,0 +1,1 @@
+"""Read side: query functions used by views, API and tasks."""
