@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from .placeholders import placeholder
+
+urlpatterns = [
+    path("teams/<slug:team_slug>/reports/velocity/", placeholder, name="velocity"),
+]

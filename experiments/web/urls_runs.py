@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from .placeholders import placeholder
+
+urlpatterns = [
+    path("teams/<slug:team_slug>/runs/", placeholder, name="runs"),
+    path("cards/<int:card_id>/", placeholder, name="card_detail"),
+]

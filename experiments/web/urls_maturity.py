@@ -1,0 +1,7 @@
+from django.urls import path
+
+from .placeholders import placeholder
+
+urlpatterns = [
+    path("teams/<slug:team_slug>/reports/maturity/", placeholder, name="maturity"),
+]
