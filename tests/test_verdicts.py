@@ -235,7 +235,9 @@ def test_min_delta_without_baseline_is_inconclusive(board):
 
 def test_threshold_and_delta_both_required(board):
     card = make_hypothesis(board, threshold=0.95, min_delta=0.03)
-    experiment = card_create(board=board, kind=CardKind.EXPERIMENT, title="e", actor=None, parent=card, baseline_value=0.7)
+    experiment = card_create(
+        board=board, kind=CardKind.EXPERIMENT, title="e", actor=None, parent=card, baseline_value=0.7
+    )
     add_runs(experiment, [0.86, 0.87, 0.88])
     proposal = verdict_propose(card=card)
     # Delta is met, but the threshold fails -> refuted.
