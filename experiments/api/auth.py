@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from ..services.tokens import token_authenticate
@@ -23,3 +24,17 @@ class TokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="mlboard"'
+
+
+class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Documents the bearer scheme in the OpenAPI schema (Swagger UI's Authorize button)."""
+
+    target_class = "experiments.api.auth.TokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Personal API token from Account > API tokens: `Authorization: Bearer mlb_...`.",
+        }
