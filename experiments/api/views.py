@@ -260,7 +260,10 @@ class RunViewSet(mixins.RetrieveModelMixin, ScopedViewSet):
     def get_queryset(self) -> QuerySet[Run]:
         if self.schema_only:
             return Run.objects.none()
-        return selectors.runs_for(user=self.request.user, detail=self.action == "retrieve")
+        if self.action == "retrieve":
+            return selectors.runs_for(user=self.request.user, detail=True)
+        # Actions only need the run itself; responses are re-read after the service call.
+        return selectors.runs_for(user=self.request.user).prefetch_related(None)
 
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return RunDetailSerializer if self.action == "retrieve" else RunSerializer
