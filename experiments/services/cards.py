@@ -22,6 +22,7 @@ from ..models import (
     Column,
     Direction,
     EventKind,
+    Membership,
     Stage,
     Tag,
     User,
@@ -88,6 +89,12 @@ def _validate(card: Card) -> None:
             errors["verdict"] = "Verdict must be supported, refuted or inconclusive."
     if card.parent is not None and card.parent.board_id != card.board_id:
         errors["parent"] = "The parent card must be on the same board."
+    if card.parent_id is not None and card.parent_id == card.pk:
+        errors["parent"] = "A card cannot be its own parent."
+    if card.owner_id is not None and not Membership.objects.filter(
+        team_id=card.board.team_id, user_id=card.owner_id
+    ).exists():
+        errors["owner"] = "The owner must be a member of this board's team."
     if errors:
         first_field, first_message = next(iter(errors.items()))
         error = DomainError(first_message, field=first_field)
@@ -97,9 +104,14 @@ def _validate(card: Card) -> None:
 
 def _tags_set(*, card: Card, tag_names: Iterable[str]) -> None:
     names = sorted({n.strip().lower() for n in tag_names if n and n.strip()})
+    too_long = [n for n in names if len(n) > 40]
+    if too_long:
+        error = DomainError(f"Tags are at most 40 characters: {too_long[0][:20]}… is longer.", field="tags")
+        error.errors = {"tags": error.message}  # type: ignore[attr-defined]
+        raise error
     team_id = card.board.team_id
     existing = {t.name: t for t in Tag.objects.filter(team_id=team_id, name__in=names)}
-    missing = [Tag(team_id=team_id, name=n[:40]) for n in names if n not in existing]
+    missing = [Tag(team_id=team_id, name=n) for n in names if n not in existing]
     if missing:
         Tag.objects.bulk_create(missing, ignore_conflicts=True)
         existing = {t.name: t for t in Tag.objects.filter(team_id=team_id, name__in=names)}

@@ -1,0 +1,286 @@
+"""Read side of the Kanban board: one page of columns, swimlanes and cards in a fixed number of
+queries however many cards the board holds (columns, cards with owner/parents/run counts, tags,
+members, team tags, plus column totals when a filter hides cards)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlencode
+
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+
+from ..models import Board, Card, CardEvent, CardKind, CardRun, Column, Membership, Run, Tag, User
+
+SWIMLANES: tuple[tuple[str, str], ...] = (
+    ("none", "No swimlanes"),
+    ("hypothesis", "By hypothesis"),
+    ("owner", "By owner"),
+)
+UNASSIGNED = "none"
+
+
+@dataclass(frozen=True)
+class BoardFilters:
+    """Board filters as they appear in the URL, so a filtered board is a shareable link."""
+
+    kind: str = ""
+    owner: str = ""  # username, or "none" for unassigned cards
+    tag: str = ""
+    q: str = ""
+    lanes: str = "none"
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> BoardFilters:
+        kind = params.get("kind", "").strip()
+        lanes = params.get("lanes", "").strip()
+        return cls(
+            kind=kind if kind in CardKind.values else "",
+            owner=params.get("owner", "").strip()[:150],
+            tag=params.get("tag", "").strip().lower()[:40],
+            q=params.get("q", "").strip()[:200],
+            lanes=lanes if lanes in dict(SWIMLANES) else "none",
+        )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.kind or self.owner or self.tag or self.q)
+
+    def querystring(self, **overrides: str) -> str:
+        values = replace(self, **overrides)
+        pairs = [(k, getattr(values, k)) for k in ("q", "kind", "owner", "tag", "lanes")]
+        return urlencode([(k, v) for k, v in pairs if v and not (k == "lanes" and v == "none")])
+
+
+@dataclass
+class ColumnView:
+    column: Column
+    total: int
+
+    @property
+    def wip_limit(self) -> int | None:
+        return self.column.wip_limit
+
+    @property
+    def over_limit(self) -> bool:
+        return self.column.wip_limit is not None and self.total > self.column.wip_limit
+
+    @property
+    def at_limit(self) -> bool:
+        return self.column.wip_limit is not None and self.total == self.column.wip_limit
+
+    @property
+    def aria_label(self) -> str:
+        label = f"{self.column.name}: {self.total} card{'s' if self.total != 1 else ''}"
+        if self.column.wip_limit is not None:
+            label += f", WIP limit {self.column.wip_limit}"
+            if self.over_limit:
+                label += f", over the limit by {self.total - self.column.wip_limit}"
+        return label
+
+
+@dataclass
+class Cell:
+    column: Column
+    cards: list[Card] = field(default_factory=list)
+
+
+@dataclass
+class Lane:
+    key: str
+    title: str
+    cells: list[Cell]
+    lead: Card | None = None  # the hypothesis heading a hypothesis lane
+    owner: User | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(len(c.cards) for c in self.cells)
+
+
+@dataclass
+class BoardView:
+    board: Board
+    filters: BoardFilters
+    columns: list[ColumnView]
+    lanes: list[Lane]
+    members: list[Membership]
+    tags: list[Tag]
+    shown: int
+    total: int
+
+
+def card_queryset(board: Board) -> QuerySet[Card]:
+    run_counts = (
+        CardRun.objects.filter(card_id=OuterRef("pk")).order_by().values("card_id").annotate(n=Count("id")).values("n")
+    )
+    return (
+        Card.objects.filter(board=board)
+        .select_related("owner", "parent__parent")
+        .annotate(run_count=Coalesce(Subquery(run_counts, output_field=IntegerField()), Value(0)))
+        .prefetch_related(Prefetch("tags", queryset=Tag.objects.order_by("name")))
+        .order_by("position", "id")
+    )
+
+
+def _filtered(qs: QuerySet[Card], filters: BoardFilters) -> QuerySet[Card]:
+    if filters.kind:
+        qs = qs.filter(kind=filters.kind)
+    if filters.owner == UNASSIGNED:
+        qs = qs.filter(owner__isnull=True)
+    elif filters.owner:
+        qs = qs.filter(owner__username=filters.owner)
+    if filters.tag:
+        qs = qs.filter(tags__name=filters.tag)
+    if filters.q:
+        qs = qs.filter(Q(key__icontains=filters.q) | Q(title__icontains=filters.q) | Q(statement__icontains=filters.q))
+    return qs.distinct() if filters.tag else qs
+
+
+def hypothesis_of(card: Card) -> Card | None:
+    """The hypothesis a card belongs to: itself, its parent, or its grandparent (result of an experiment)."""
+    node: Card | None = card
+    for _ in range(3):
+        if node is None:
+            return None
+        if node.kind == CardKind.HYPOTHESIS:
+            return node
+        node = node.parent
+    return None
+
+
+def _lanes(view_columns: list[Column], cards: list[Card], mode: str) -> list[Lane]:
+    def empty_cells() -> list[Cell]:
+        return [Cell(column=c) for c in view_columns]
+
+    index = {c.pk: i for i, c in enumerate(view_columns)}
+    lanes: dict[str, Lane] = {}
+    order: list[tuple[object, ...]] = []
+    for card in cards:
+        if mode == "hypothesis":
+            lead = hypothesis_of(card)
+            key = f"h{lead.pk}" if lead else "h-none"
+            if key not in lanes:
+                title = f"{lead.key} · {lead.title}" if lead else "No hypothesis"
+                lanes[key] = Lane(key=key, title=title, cells=empty_cells(), lead=lead)
+                order.append((lead is None, lead.number if lead else 0, key))
+        elif mode == "owner":
+            owner = card.owner
+            key = f"u{owner.pk}" if owner else "u-none"
+            if key not in lanes:
+                title = str(owner) if owner else "Unassigned"
+                lanes[key] = Lane(key=key, title=title, cells=empty_cells(), owner=owner)
+                order.append((owner is None, str(owner).lower() if owner else "", key))
+        else:
+            key = "all"
+            if key not in lanes:
+                lanes[key] = Lane(key=key, title="", cells=empty_cells())
+                order.append((False, 0, key))
+        lanes[key].cells[index[card.column_id]].cards.append(card)
+    if not lanes:
+        return [Lane(key="all", title="", cells=empty_cells())]
+    return [lanes[o[-1]] for o in sorted(order, key=lambda o: o[:-1])]  # type: ignore[index]
+
+
+def board_view(*, board: Board, filters: BoardFilters) -> BoardView:
+    columns = list(board.columns.order_by("position", "id"))
+    column_ids = {c.pk for c in columns}
+    cards = [c for c in _filtered(card_queryset(board), filters) if c.column_id in column_ids]
+    if filters.active:
+        totals = dict(
+            Card.objects.filter(board=board).order_by().values_list("column_id").annotate(n=Count("id"))
+        )
+    else:
+        totals = {}
+        for card in cards:
+            totals[card.column_id] = totals.get(card.column_id, 0) + 1
+    members = list(
+        Membership.objects.filter(team_id=board.team_id).select_related("user").order_by("user__username")
+    )
+    return BoardView(
+        board=board,
+        filters=filters,
+        columns=[ColumnView(column=c, total=totals.get(c.pk, 0)) for c in columns],
+        lanes=_lanes(columns, cards, filters.lanes),
+        members=members,
+        tags=list(Tag.objects.filter(team_id=board.team_id).order_by("name")),
+        shown=len(cards),
+        total=sum(totals.values()),
+    )
+
+
+def column_totals(board: Board) -> list[dict[str, object]]:
+    """Per-column card counts and WIP state, sent back to the board after a move."""
+    counts = dict(Card.objects.filter(board=board).order_by().values_list("column_id").annotate(n=Count("id")))
+    result = []
+    for column in board.columns.order_by("position", "id"):
+        view = ColumnView(column=column, total=counts.get(column.pk, 0))
+        result.append(
+            {
+                "id": column.pk,
+                "total": view.total,
+                "wip_limit": column.wip_limit,
+                "over_limit": view.over_limit,
+                "at_limit": view.at_limit,
+                "label": view.aria_label,
+            }
+        )
+    return result
+
+
+def column_card_ids(column: Column, *, exclude_id: int | None = None) -> list[int]:
+    qs = Card.objects.filter(column=column).exclude(pk=exclude_id).order_by("position", "id")
+    return list(qs.values_list("pk", flat=True))
+
+
+@dataclass
+class QuickView:
+    card: Card
+    events: list[CardEvent]
+    children: list[Card]
+    runs: list[Run]
+    run_count: int
+    columns: list[Column]
+
+
+def card_quick_view(*, card: Card, events: int = 8, runs: int = 5) -> QuickView:
+    card = (
+        card_queryset(card.board)
+        .select_related("column", "created_by", "owner", "parent__parent")
+        .get(pk=card.pk)
+    )
+    recent_events = list(
+        CardEvent.objects.filter(card=card)
+        .select_related("actor", "from_column", "to_column")
+        .order_by("-created_at", "-id")[:events]
+    )
+    children = list(card.children.order_by("number").only("id", "key", "title", "kind", "verdict"))
+    recent_runs = list(
+        Run.objects.filter(card_links__card=card).order_by("-start_time", "-id").only(
+            "id", "name", "external_id", "status", "start_time"
+        )[:runs]
+    )
+    return QuickView(
+        card=card,
+        events=recent_events,
+        children=children,
+        runs=recent_runs,
+        run_count=card.run_count,  # type: ignore[attr-defined]
+        columns=list(card.board.columns.order_by("position", "id")),
+    )
+
+
+def parent_choices(*, board: Board, kind: str, exclude_id: int | None = None) -> QuerySet[Card]:
+    """Cards a new or edited card of `kind` may hang under."""
+    if kind == CardKind.EXPERIMENT:
+        qs = Card.objects.filter(board=board, kind=CardKind.HYPOTHESIS)
+    elif kind == CardKind.RESULT:
+        qs = Card.objects.filter(board=board, kind__in=[CardKind.HYPOTHESIS, CardKind.EXPERIMENT])
+    else:
+        return Card.objects.none()
+    return qs.exclude(pk=exclude_id).order_by("number")
+
+
+def team_users(team_id: int) -> QuerySet[User]:
+    return User.objects.filter(memberships__team_id=team_id).order_by("username")
