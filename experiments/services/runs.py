@@ -1,21 +1,27 @@
 """Run ingestion, shared by the REST API, the MLflow-compatible endpoint and the MLflow importer.
 
 Semantics follow MLflow's tracking store: params are immutable, metric points are
-(key, value, step, timestamp) and a retried batch adds no duplicates, NaN/Inf are kept.
+(key, value, step, timestamp) and a retried batch adds no duplicates, NaN/Inf are kept,
+names are checked with MLflow's rules so anything MLflow accepts is accepted here and the reverse.
+
+Logging is the hot path: a batch of any size costs a fixed handful of statements (one
+INSERT ... ON CONFLICT DO NOTHING for the points, one upsert for the latest values).
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
+import random
+import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -41,6 +47,7 @@ from ..models import (
 from .cards import card_flag, card_move_to_stage, event_record
 
 CARD_TAG = "mlboard.card"
+RUN_NAME_TAG = "mlflow.runName"
 # Tags that fill first-class reproducibility fields (MLflow's own names where they exist).
 CODE_VERSION_TAGS = ("mlflow.source.git.commit", "mlboard.code_version", "git_commit")
 DATA_VERSION_TAGS = ("mlboard.data_version", "data_version", "dataset_version", "mlflow.data.version")
@@ -49,6 +56,15 @@ TRIGGER_TAG = "mlboard.trigger"
 ENV_TAG_PREFIXES = ("mlflow.source.", "mlflow.user", "mlboard.env.")
 MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+MAX_EXPERIMENT_NAME_LENGTH = 500
+DEFAULT_EXPERIMENT_NAME = "Default"
+ACTIVE = "active"
+DELETED = "deleted"
+
+# MLflow's rule for metric, param and tag names: these characters only, and the name must be a
+# normalised relative path (names become file paths in some stores).
+_KEY_CHARS = re.compile(r"^[/\w.\- :]*$")
 
 
 class IngestError(DomainError):
@@ -57,6 +73,11 @@ class IngestError(DomainError):
     def __init__(self, message: str, *, mlflow_code: str = "INVALID_PARAMETER_VALUE", field: str | None = None):
         super().__init__(message, field=field)
         self.mlflow_code = mlflow_code
+        if mlflow_code == "RESOURCE_DOES_NOT_EXIST":
+            self.status_code = 404
+            self.code = "not_found"
+        elif mlflow_code == "RESOURCE_ALREADY_EXISTS":
+            self.code = "already_exists"
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ def now_ms() -> int:
 def ms_to_dt(ms: int | None) -> datetime | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=dt_timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def dt_to_ms(value: datetime | None) -> int | None:
@@ -86,8 +107,17 @@ def _check_key(key: Any, what: str) -> str:
         raise IngestError(f"{what} key must be a non-empty string, got {key!r}.")
     if len(key) > MAX_KEY_LENGTH:
         raise IngestError(f"{what} key '{key[:40]}…' is longer than {MAX_KEY_LENGTH} characters.")
-    if key.startswith("/") or ".." in key.split("/"):
-        raise IngestError(f"Invalid {what.lower()} key {key!r}: no leading '/' or '..' path parts.")
+    if not _KEY_CHARS.match(key):
+        raise IngestError(
+            f"Invalid {what.lower()} key {key!r}: names may only contain letters, digits, underscores (_), "
+            "dashes (-), periods (.), spaces ( ), colons (:) and slashes (/)."
+        )
+    normalised = posixpath.normpath(key)
+    if normalised != key or normalised == "." or normalised.startswith(("..", "/")):
+        raise IngestError(
+            f"Invalid {what.lower()} key {key!r}: it would resolve to {normalised!r} as a path "
+            "(no leading or doubled '/', no '.' or '..' parts)."
+        )
     return key
 
 
@@ -103,6 +133,36 @@ def _coerce_float(value: Any, key: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise IngestError(f"Metric {key!r} value must be a number, got {value!r}.") from None
+
+
+def _coerce_int(value: Any, what: str, key: str) -> int:
+    if isinstance(value, bool):
+        raise IngestError(f"Metric {key!r}: {what} must be an integer, got {value!r}.")
+    try:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise IngestError(f"Metric {key!r}: {what} must be an integer, got {value!r}.") from None
+
+
+_ADJECTIVES = (
+    "amber", "bold", "brisk", "calm", "clever", "crisp", "daring", "eager", "fuzzy", "gentle", "glad", "keen",
+    "lucky", "merry", "nimble", "polite", "quiet", "rapid", "sharp", "shy", "steady", "sunny", "swift", "tidy",
+    "vivid", "warm", "wise", "witty", "zesty", "plucky",
+)
+_NOUNS = (
+    "otter", "heron", "lynx", "falcon", "badger", "panda", "koala", "finch", "gecko", "marten", "ibis", "bison",
+    "orca", "puffin", "stoat", "wren", "yak", "zebra", "tapir", "quokka", "mole", "newt", "owl", "seal",
+)
+
+
+def run_name_generate() -> str:
+    """A memorable default name (like MLflow's) so unnamed runs are still easy to tell apart."""
+    rng = random.SystemRandom()
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}-{rng.randint(100, 999)}"
 
 
 def _derive_fields(run: Run, *, params: Mapping[str, str] | None = None) -> None:
@@ -123,7 +183,7 @@ def _derive_fields(run: Run, *, params: Mapping[str, str] | None = None) -> None
                 if key in source:
                     try:
                         run.seed = int(float(source[key]))
-                    except (TypeError, ValueError):
+                    except (TypeError, ValueError, OverflowError):
                         pass
                     break
             if run.seed is not None:
@@ -136,19 +196,81 @@ def _derive_fields(run: Run, *, params: Mapping[str, str] | None = None) -> None
         if key.startswith(ENV_TAG_PREFIXES) and key not in CODE_VERSION_TAGS:
             env[key] = value
     run.environment = env
-    if tags.get("mlflow.runName") and not run.name:
-        run.name = str(tags["mlflow.runName"])[:250]
+    if tags.get(RUN_NAME_TAG) and not run.name:
+        run.name = str(tags[RUN_NAME_TAG])[:250]
     if tags.get("mlflow.user") and not run.user_name:
         run.user_name = str(tags["mlflow.user"])[:150]
 
 
+def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    clean: dict[str, str] = {}
+    for key, value in tags.items():
+        _check_key(key, "Tag")
+        text = "" if value is None else str(value)
+        if len(text) > MAX_TAG_VALUE_LENGTH:
+            raise IngestError(f"Tag {key!r} value is longer than {MAX_TAG_VALUE_LENGTH} characters.")
+        clean[key] = text
+    return clean
+
+
+# --- Tracking experiments ----------------------------------------------------------------------
+
+
+def _check_experiment_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise IngestError(f"Invalid experiment name: {name!r}. Give a non-empty name.")
+    name = name.strip()
+    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise IngestError(f"Experiment name is longer than {MAX_EXPERIMENT_NAME_LENGTH} characters.")
+    return name
+
+
 @transaction.atomic
 def tracking_experiment_get_or_create(*, team: Team, name: str, source: str = "mlboard") -> TrackingExperiment:
-    name = (name or "").strip()
-    if not name:
-        raise IngestError("Experiment name must be a non-empty string.")
+    name = _check_experiment_name(name)
     experiment, _ = TrackingExperiment.objects.get_or_create(team=team, source=source, name=name)
     return experiment
+
+
+@transaction.atomic
+def tracking_experiment_create(
+    *,
+    team: Team,
+    name: str,
+    artifact_location: str = "",
+    tags: Mapping[str, Any] | None = None,
+    source: str = "mlboard",
+) -> TrackingExperiment:
+    """Create a named experiment; a name already used by the team is RESOURCE_ALREADY_EXISTS."""
+    name = _check_experiment_name(name)
+    clean_tags = _clean_tags(tags or {})
+    try:
+        with transaction.atomic():
+            return TrackingExperiment.objects.create(
+                team=team, source=source, name=name, artifact_location=artifact_location or "", tags=clean_tags
+            )
+    except IntegrityError:
+        raise IngestError(
+            f"Experiment(name={name}) already exists.", mlflow_code="RESOURCE_ALREADY_EXISTS", field="name"
+        ) from None
+
+
+@transaction.atomic
+def tracking_experiment_default(*, team: Team) -> TrackingExperiment:
+    """The team's 'Default' experiment: where MLflow clients log when no experiment is set (id 0)."""
+    return tracking_experiment_get_or_create(team=team, name=DEFAULT_EXPERIMENT_NAME)
+
+
+@transaction.atomic
+def tracking_experiment_set_tag(*, experiment: TrackingExperiment, key: str, value: Any) -> TrackingExperiment:
+    clean = _clean_tags({key: value})
+    experiment = TrackingExperiment.objects.select_for_update().get(pk=experiment.pk)
+    experiment.tags = {**(experiment.tags or {}), **clean}
+    experiment.save(update_fields=["tags", "updated_at"])
+    return experiment
+
+
+# --- Runs --------------------------------------------------------------------------------------
 
 
 @transaction.atomic
@@ -176,13 +298,23 @@ def run_create(
         raise IngestError(f"Unknown run status {status!r}; use one of {', '.join(RunStatus.values)}.")
     if experiment is not None and experiment.team_id != team.pk:
         raise IngestError("That experiment belongs to another team.", mlflow_code="RESOURCE_DOES_NOT_EXIST")
-    clean_tags = {_check_key(k, "Tag"): str(v) for k, v in (tags or {}).items()}
+    clean_tags = _clean_tags(tags or {})
+    name = (name or "").strip()
+    tag_name = clean_tags.get(RUN_NAME_TAG, "").strip()
+    if name and tag_name and name != tag_name:
+        raise IngestError(
+            f"Both 'run_name' ({name!r}) and tag '{RUN_NAME_TAG}' ({tag_name!r}) were given and they differ; "
+            "give one, or the same value for both."
+        )
+    if source == "mlboard":
+        # Imported runs keep exactly what the other server had; new runs always get a readable name.
+        name = name or tag_name or run_name_generate()
     run = Run(
         team=team,
         experiment=experiment,
         source=source,
         external_id=external_id or uuid.uuid4().hex,
-        name=(name or "")[:250],
+        name=name[:250],
         status=status,
         start_time=start_time or timezone.now(),
         end_time=end_time,
@@ -199,7 +331,7 @@ def run_create(
     _derive_fields(run, params={k: str(v) for k, v in (params or {}).items()})
     run.save()
     if params:
-        run_log_params(run=run, params=params)
+        _log_params(run=run, params=params)
     _link_from_tags(run=run)
     _on_status(run=run, previous=None)
     return run
@@ -223,21 +355,41 @@ def run_update(
         run.end_time = end_time
     elif status in TERMINAL_STATUSES and run.end_time is None:
         run.end_time = timezone.now()
-    if name is not None:
-        run.name = name[:250]
-        tags = dict(run.tags)
-        tags["mlflow.runName"] = run.name
-        run.tags = tags
+    if name is not None and name.strip():
+        run.name = name.strip()[:250]
+        run.tags = {**run.tags, RUN_NAME_TAG: run.name}
     run.save()
     if run.status != previous:
         _on_status(run=run, previous=previous)
     return run
 
 
-def run_log_params(*, run: Run, params: Mapping[str, Any]) -> None:
-    """Params are immutable: re-logging the same value is fine, a different value is an error."""
-    if not params:
-        return
+def _ensure_active(run: Run) -> None:
+    if run.lifecycle_stage != ACTIVE:
+        raise IngestError(
+            f"The run {run.external_id} must be in the 'active' state. Current state is {run.lifecycle_stage}."
+        )
+
+
+@transaction.atomic
+def run_delete(*, run: Run) -> Run:
+    """Soft delete (MLflow semantics): hidden from searches, restorable, data kept."""
+    Run.objects.filter(pk=run.pk).update(lifecycle_stage=DELETED, updated_at=timezone.now())
+    run.lifecycle_stage = DELETED
+    return run
+
+
+@transaction.atomic
+def run_restore(*, run: Run) -> Run:
+    Run.objects.filter(pk=run.pk).update(lifecycle_stage=ACTIVE, updated_at=timezone.now())
+    run.lifecycle_stage = ACTIVE
+    return run
+
+
+# --- Params ------------------------------------------------------------------------------------
+
+
+def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
     clean: dict[str, str] = {}
     for key, value in params.items():
         _check_key(key, "Param")
@@ -245,65 +397,144 @@ def run_log_params(*, run: Run, params: Mapping[str, Any]) -> None:
         if len(text) > MAX_PARAM_VALUE_LENGTH:
             raise IngestError(f"Param {key!r} value is longer than {MAX_PARAM_VALUE_LENGTH} characters.")
         clean[key] = text
-    existing = dict(Param.objects.filter(run=run, key__in=list(clean)).values_list("key", "value"))
-    for key, value in clean.items():
-        if key in existing and existing[key] != value:
-            raise IngestError(
-                f"Changing param values is not allowed. Param with key='{key}' was already logged with "
-                f"value='{existing[key]}' for run ID='{run.external_id}'. Attempted logging new value '{value}'."
-            )
-    new = [Param(run=run, key=k, value=v) for k, v in clean.items() if k not in existing]
-    if new:
-        Param.objects.bulk_create(new, ignore_conflicts=True)
-        if run.seed is None and any(k in SEED_KEYS for k in clean):
-            _derive_fields(run, params=clean)
+    return clean
+
+
+def _log_params(*, run: Run, params: Mapping[str, Any]) -> None:
+    """Insert first, then compare: two writers racing on one key cannot both 'win' silently.
+    Raising rolls the whole batch back, as MLflow does."""
+    clean = _clean_params(params)
+    if not clean:
+        return
+    Param.objects.bulk_create([Param(run=run, key=k, value=v) for k, v in clean.items()], ignore_conflicts=True)
+    stored = dict(Param.objects.filter(run=run, key__in=list(clean)).values_list("key", "value"))
+    changed = [(k, stored[k], v) for k, v in clean.items() if k in stored and stored[k] != v]
+    if changed:
+        key, old, new = changed[0]
+        more = f" ({len(changed) - 1} more param(s) differ too)" if len(changed) > 1 else ""
+        raise IngestError(
+            f"Changing param values is not allowed. Param with key='{key}' was already logged with "
+            f"value='{old}' for run ID='{run.external_id}'. Attempted logging new value '{new}'.{more}"
+        )
+    if run.seed is None and any(k in SEED_KEYS for k in clean):
+        _derive_fields(run, params=clean)
+        if run.seed is not None:
             Run.objects.filter(pk=run.pk).update(seed=run.seed)
 
 
-def run_log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
-    """Append metric points; returns how many were new. Idempotent for retried batches."""
-    rows: list[Metric] = []
-    latest: dict[str, Metric] = {}
+@transaction.atomic
+def run_log_params(*, run: Run, params: Mapping[str, Any]) -> None:
+    """Params are immutable: re-logging the same value is fine, a different value is an error."""
+    _log_params(run=run, params=params)
+
+
+# --- Metrics -----------------------------------------------------------------------------------
+
+
+def _metric_rows(run: Run, points: Iterable[MetricPoint]) -> tuple[dict[tuple, None], dict[str, tuple]]:
+    """Validated rows (run_id, key, value, is_nan, step, timestamp), deduplicated in order,
+    and the candidate latest row per key (highest step, then timestamp; later wins a tie)."""
+    rows: dict[tuple, None] = {}
+    latest: dict[str, tuple] = {}
     stamp = now_ms()
+    run_id = run.pk
+    checked: set[str] = set()
     for point in points:
-        _check_key(point.key, "Metric")
-        value = _coerce_float(point.value, point.key)
-        is_nan = math.isnan(value)
-        try:
-            step = int(point.step or 0)
-            ts = int(point.timestamp) if point.timestamp is not None else stamp
-        except (TypeError, ValueError):
-            raise IngestError(f"Metric {point.key!r}: step and timestamp must be integers.") from None
-        row = Metric(run=run, key=point.key, value=0.0 if is_nan else value, is_nan=is_nan, step=step, timestamp=ts)
-        rows.append(row)
-        best = latest.get(point.key)
-        if best is None or (step, ts) >= (best.step, best.timestamp):
-            latest[point.key] = row
-    if not rows:
-        return 0
-    # Deduplicate within the batch too (ignore_conflicts handles the rest).
-    unique = {(r.key, r.step, r.timestamp, r.value, r.is_nan): r for r in rows}
-    before = Metric.objects.filter(run=run).count()
-    Metric.objects.bulk_create(list(unique.values()), ignore_conflicts=True, batch_size=1000)
-    added = Metric.objects.filter(run=run).count() - before
-    _latest_update(run=run, candidates=latest)
-    return added
+        key = point.key
+        if key not in checked:
+            _check_key(key, "Metric")
+            checked.add(key)
+        value = _coerce_float(point.value, key)
+        is_nan = value != value
+        step = _coerce_int(point.step or 0, "step", key)
+        ts = _coerce_int(point.timestamp, "timestamp", key) if point.timestamp is not None else stamp
+        row = (run_id, key, 0.0 if is_nan else value, is_nan, step, ts)
+        rows[row] = None
+        best = latest.get(key)
+        if best is None or (step, ts) >= (best[4], best[5]):
+            latest[key] = row
+    return rows, latest
 
 
-def _latest_update(*, run: Run, candidates: Mapping[str, Metric]) -> None:
-    current = {
-        lm.key: lm for lm in LatestMetric.objects.select_for_update().filter(run=run, key__in=list(candidates))
-    }
+def _sqlite_max_params() -> int:
+    raw = getattr(connection.connection, "getlimit", None)
+    if raw is not None:
+        import sqlite3
+
+        return raw(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return connection.features.max_query_params or 999
+
+
+_METRIC_COLUMNS = ("run_id", "key", "value", "is_nan", "step", "timestamp")
+_PG_ARRAY_TYPES = ("bigint[]", "text[]", "double precision[]", "boolean[]", "bigint[]", "bigint[]")
+
+
+def _insert_rows(table: str, rows: Sequence[tuple], conflict: str) -> int:
+    """One multi-row INSERT (chunked only by the driver's parameter limit); returns rows written."""
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(c) for c in _METRIC_COLUMNS)
+    written = 0
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Six array parameters whatever the batch size: cheap to send and to plan.
+            arrays = [list(col) for col in zip(*rows, strict=True)]
+            select = ", ".join(f"%s::{t}" for t in _PG_ARRAY_TYPES)
+            cursor.execute(f"INSERT INTO {qn(table)} ({columns}) SELECT * FROM unnest({select}) {conflict}", arrays)
+            return max(cursor.rowcount, 0)
+        per_row = len(_METRIC_COLUMNS)
+        chunk = max(1, _sqlite_max_params() // per_row)
+        placeholder = "(" + ", ".join(["%s"] * per_row) + ")"
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            values = ", ".join([placeholder] * len(part))
+            cursor.execute(
+                f"INSERT INTO {qn(table)} ({columns}) VALUES {values} {conflict}",
+                [v for row in part for v in row],
+            )
+            written += max(cursor.rowcount, 0)
+    return written
+
+
+def _bulk_insert_metrics(rows: Sequence[tuple]) -> int:
+    if connection.vendor not in ("postgresql", "sqlite"):
+        before = Metric.objects.filter(run_id=rows[0][0]).count()
+        Metric.objects.bulk_create(
+            [Metric(run_id=r[0], key=r[1], value=r[2], is_nan=r[3], step=r[4], timestamp=r[5]) for r in rows],
+            ignore_conflicts=True,
+            batch_size=1000,
+        )
+        return Metric.objects.filter(run_id=rows[0][0]).count() - before
+    return _insert_rows(Metric._meta.db_table, rows, "ON CONFLICT DO NOTHING")
+
+
+def _upsert_latest(rows: Sequence[tuple]) -> None:
+    """Latest value per (run, key) in one statement: replace only if the new point is at a higher
+    (step, timestamp), so out-of-order or retried batches never move the latest value back."""
+    if connection.vendor not in ("postgresql", "sqlite"):
+        _latest_update_orm(rows)
+        return
+    qn = connection.ops.quote_name
+    table = qn(LatestMetric._meta.db_table)
+    updates = ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in ("value", "is_nan", "step", "timestamp"))
+    conflict = (
+        f"ON CONFLICT ({qn('run_id')}, {qn('key')}) DO UPDATE SET {updates} "
+        f"WHERE (excluded.{qn('step')}, excluded.{qn('timestamp')}) "
+        f">= ({table}.{qn('step')}, {table}.{qn('timestamp')})"
+    )
+    _insert_rows(LatestMetric._meta.db_table, rows, conflict)
+
+
+def _latest_update_orm(rows: Sequence[tuple]) -> None:
+    run_id = rows[0][0]
+    by_key = {r[1]: r for r in rows}
+    current = {lm.key: lm for lm in LatestMetric.objects.select_for_update().filter(run_id=run_id, key__in=by_key)}
     create, update = [], []
-    for key, row in candidates.items():
+    for key, r in by_key.items():
         existing = current.get(key)
         if existing is None:
-            create.append(
-                LatestMetric(run=run, key=key, value=row.value, is_nan=row.is_nan, step=row.step, timestamp=row.timestamp)
-            )
-        elif (row.step, row.timestamp) >= (existing.step, existing.timestamp):
-            existing.value, existing.is_nan = row.value, row.is_nan
-            existing.step, existing.timestamp = row.step, row.timestamp
+            create.append(LatestMetric(run_id=run_id, key=key, value=r[2], is_nan=r[3], step=r[4], timestamp=r[5]))
+        elif (r[4], r[5]) >= (existing.step, existing.timestamp):
+            existing.value, existing.is_nan, existing.step, existing.timestamp = r[2], r[3], r[4], r[5]
             update.append(existing)
     if create:
         LatestMetric.objects.bulk_create(create, ignore_conflicts=True)
@@ -311,23 +542,45 @@ def _latest_update(*, run: Run, candidates: Mapping[str, Metric]) -> None:
         LatestMetric.objects.bulk_update(update, ["value", "is_nan", "step", "timestamp"])
 
 
-def run_set_tags(*, run: Run, tags: Mapping[str, Any]) -> Run:
-    if not tags:
+def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
+    rows, latest = _metric_rows(run, points)
+    if not rows:
+        return 0
+    added = _bulk_insert_metrics(list(rows))
+    _upsert_latest(list(latest.values()))
+    return added
+
+
+@transaction.atomic
+def run_log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
+    """Append metric points; returns how many were new. Idempotent for retried batches."""
+    return _log_metrics(run=run, points=points)
+
+
+# --- Tags --------------------------------------------------------------------------------------
+
+
+def _set_tags(*, run: Run, tags: Mapping[str, Any]) -> Run:
+    clean = _clean_tags(tags)
+    if not clean:
         return run
-    clean = {_check_key(k, "Tag"): "" if v is None else str(v) for k, v in tags.items()}
-    run = Run.objects.select_for_update().get(pk=run.pk)
-    merged = dict(run.tags)
-    merged.update(clean)
-    run.tags = merged
-    if "mlflow.runName" in clean:
-        run.name = clean["mlflow.runName"][:250]
-    _derive_fields(run)
-    run.save()
+    locked = Run.objects.select_for_update().get(pk=run.pk)
+    locked.tags = {**locked.tags, **clean}
+    if clean.get(RUN_NAME_TAG, "").strip():
+        locked.name = clean[RUN_NAME_TAG].strip()[:250]
+    _derive_fields(locked)
+    locked.save()
     if CARD_TAG in clean:
-        _link_from_tags(run=run)
-    return run
+        _link_from_tags(run=locked)
+    return locked
 
 
+@transaction.atomic
+def run_set_tags(*, run: Run, tags: Mapping[str, Any]) -> Run:
+    return _set_tags(run=run, tags=tags)
+
+
+@transaction.atomic
 def run_delete_tag(*, run: Run, key: str) -> Run:
     run = Run.objects.select_for_update().get(pk=run.pk)
     if key not in run.tags:
@@ -338,6 +591,8 @@ def run_delete_tag(*, run: Run, key: str) -> Run:
     tags.pop(key)
     run.tags = tags
     run.save(update_fields=["tags", "updated_at"])
+    if key == CARD_TAG:
+        _link_from_tags(run=run)
     return run
 
 
@@ -346,37 +601,65 @@ def run_log_batch(
     *,
     run: Run,
     metrics: Iterable[MetricPoint] = (),
-    params: Mapping[str, Any] | None = None,
-    tags: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
 ) -> int:
-    if run.lifecycle_stage != "active":
-        raise IngestError(f"The run {run.external_id} must be in the 'active' state.")
-    if params:
-        run_log_params(run=run, params=params)
-    added = run_log_metrics(run=run, points=metrics)
-    if tags:
-        run_set_tags(run=run, tags=tags)
+    """Params, metrics and tags in one transaction; returns the number of new metric points.
+
+    `params` and `tags` may be pairs so a duplicated key in one batch is caught (MLflow rejects
+    a batch that gives one param two values)."""
+    _ensure_active(run)
+    param_map = _pairs_to_map(params, what="param")
+    tag_map = dict(tags.items() if isinstance(tags, Mapping) else (tags or ()))
+    if param_map:
+        _log_params(run=run, params=param_map)
+    added = _log_metrics(run=run, points=metrics)
+    if tag_map:
+        _set_tags(run=run, tags=tag_map)
+    else:
+        # Keep "last activity" right for the runs list without re-saving the whole row.
+        Run.objects.filter(pk=run.pk).update(updated_at=timezone.now())
     return added
+
+
+def _pairs_to_map(items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None, *, what: str) -> dict[str, Any]:
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return dict(items)
+    result: dict[str, Any] = {}
+    dupes: list[str] = []
+    for key, value in items:
+        if key in result and str(result[key]) != str(value):
+            dupes.append(key)
+        result[key] = value
+    if dupes:
+        raise IngestError(
+            f"Duplicate {what} keys with different values in one batch: {sorted(set(dupes))}. "
+            f"Send one value per {what} key."
+        )
+    return result
 
 
 # --- Linking runs to cards ---------------------------------------------------------------------
 
 
-def _card_for_key(*, team_id: int, key: str) -> Card | None:
-    key = (key or "").strip().upper()
-    if not key:
-        return None
-    return Card.objects.select_related("board", "column").filter(board__team_id=team_id, key=key).first()
+def _card_keys(value: Any) -> list[str]:
+    return [p.strip().upper() for p in str(value or "").replace(";", ",").split(",") if p.strip()]
 
 
 def _link_from_tags(*, run: Run) -> None:
-    key = (run.tags or {}).get(CARD_TAG)
-    if not key:
+    """The mlboard.card tag is the source of truth for tag links: link what it names (a comma
+    separated list of card keys) and drop tag links to cards it no longer names."""
+    keys = _card_keys((run.tags or {}).get(CARD_TAG))
+    stale = CardRun.objects.filter(run=run, via=LinkVia.TAG).exclude(card__key__in=keys).select_related("card")
+    for link in stale:
+        card_unlink_run(card=link.card, run=run, actor=None)
+    if not keys:
         return
-    for part in str(key).replace(";", ",").split(","):
-        card = _card_for_key(team_id=run.team_id, key=part)
-        if card is not None:
-            card_link_run(card=card, run=run, via=LinkVia.TAG, actor=None)
+    cards = Card.objects.select_related("board", "column").filter(board__team_id=run.team_id, key__in=keys)
+    for card in cards:
+        card_link_run(card=card, run=run, via=LinkVia.TAG, actor=None)
 
 
 @transaction.atomic
@@ -414,6 +697,14 @@ def _on_status(*, run: Run, previous: str | None) -> None:
         _react_to_runs(card=card, trigger_run=run)
 
 
+def _enqueue_verdict(card_id: int) -> None:
+    # robust: a failing verdict task must not turn an already committed ingestion into an
+    # error response (MLflow clients would retry the whole request).
+    from ..tasks import evaluate_verdict
+
+    transaction.on_commit(lambda: evaluate_verdict.delay(card_id), robust=True)
+
+
 def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
     """Cards move on run events: first run starts -> Running; all finished -> Analyzing; failures flagged."""
     statuses = list(
@@ -437,9 +728,7 @@ def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
     if all_terminal:
         hypothesis = card if card.kind == CardKind.HYPOTHESIS else _hypothesis_of(card)
         if hypothesis is not None:
-            from ..tasks import enqueue_verdict_evaluation
-
-            enqueue_verdict_evaluation(hypothesis.pk)
+            _enqueue_verdict(hypothesis.pk)
 
 
 def _hypothesis_of(card: Card) -> Card | None:

@@ -1,0 +1,269 @@
+"""Plumbing shared by the MLflow-compatible endpoints: auth, team resolution, request parsing and
+MLflow's error format ({"error_code": ..., "message": ...} with MLflow's HTTP status per code).
+
+Plain Django views rather than DRF: the tracking API is the ingestion hot path and MLflow's wire
+format (proto-JSON) is not DRF's, so there is nothing for serializers or negotiation to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from ..errors import ConflictError, DomainError, PermissionDeniedError
+from ..models import ApiToken, Membership, Role, Team, User
+from ..services.runs import IngestError
+from ..services.tokens import token_authenticate
+
+logger = logging.getLogger(__name__)
+
+# MLflow's mapping of error codes to HTTP statuses (the subset this API can produce).
+STATUS_FOR_CODE = {
+    "INVALID_PARAMETER_VALUE": 400,
+    "BAD_REQUEST": 400,
+    "RESOURCE_ALREADY_EXISTS": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_DOES_NOT_EXIST": 404,
+    "ENDPOINT_NOT_FOUND": 404,
+    "RESOURCE_CONFLICT": 409,
+    "INTERNAL_ERROR": 500,
+    "NOT_IMPLEMENTED": 501,
+}
+
+
+class MlflowApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> MlflowApiError:
+    return MlflowApiError("INVALID_PARAMETER_VALUE", message)
+
+
+def not_found(message: str) -> MlflowApiError:
+    return MlflowApiError("RESOURCE_DOES_NOT_EXIST", message)
+
+
+def error_response(code: str, message: str) -> HttpResponse:
+    response = HttpResponse(
+        json.dumps({"error_code": code, "message": message}),
+        status=STATUS_FOR_CODE.get(code, 500),
+        content_type="application/json",
+    )
+    if code == "UNAUTHENTICATED":
+        response["WWW-Authenticate"] = 'Bearer realm="mlboard"'
+    return response
+
+
+def json_number(value: float) -> float | str:
+    """Proto-JSON doubles: NaN and infinities travel as strings (JSON has no literal for them)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def json_response(payload: dict[str, Any]) -> HttpResponse:
+    return HttpResponse(json.dumps(payload, allow_nan=False, separators=(",", ":")), content_type="application/json")
+
+
+# --- Auth and team -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: User
+    token: ApiToken
+    membership: Membership
+
+    @property
+    def team(self) -> Team:
+        return self.membership.team
+
+    def ensure_can_write(self) -> None:
+        if self.membership.role == Role.VIEWER:
+            raise MlflowApiError(
+                "PERMISSION_DENIED",
+                f"You are a viewer on team '{self.team.slug}'; viewers cannot log runs. "
+                "Ask a team manager for the member role.",
+            )
+
+
+def _secret_from(request: HttpRequest) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.strip().partition(" ")
+    credentials = credentials.strip()
+    if not credentials:
+        return None
+    if scheme.lower() in ("bearer", "token"):
+        return credentials
+    if scheme.lower() == "basic":
+        # MLFLOW_TRACKING_USERNAME/PASSWORD also work: the password is the API token.
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def authenticate(request: HttpRequest) -> Caller:
+    secret = _secret_from(request)
+    if secret is None:
+        raise MlflowApiError(
+            "UNAUTHENTICATED",
+            "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
+            "(create one under Account → API tokens).",
+        )
+    token = token_authenticate(secret=secret)
+    if token is None:
+        raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
+    return Caller(user=token.user, token=token, membership=_membership_for(token))
+
+
+def _membership_for(token: ApiToken) -> Membership:
+    """The token's team; a token without one logs into the user's only team."""
+    if token.team_id is not None:
+        membership = Membership.objects.select_related("team").filter(user_id=token.user_id, team_id=token.team_id)
+        found = membership.first()
+        if found is None:
+            raise MlflowApiError(
+                "PERMISSION_DENIED",
+                f"This token is bound to team '{token.team.slug}', which you are no longer a member of.",
+            )
+        return found
+    memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
+    if len(memberships) == 1:
+        return memberships[0]
+    if not memberships:
+        raise MlflowApiError("PERMISSION_DENIED", "You are not a member of any team, so there is nowhere to log runs.")
+    slugs = ", ".join(m.team.slug for m in memberships)
+    raise MlflowApiError(
+        "PERMISSION_DENIED",
+        f"This token is not bound to a team and you belong to {len(memberships)} teams ({slugs}). "
+        "Create a token for the team you want to log into (Account → API tokens → team).",
+    )
+
+
+# --- Request parsing ---------------------------------------------------------------------------
+
+
+class Body:
+    """Request fields from the JSON body (POST) or the query string (GET), as MLflow sends them."""
+
+    def __init__(self, data: dict[str, Any], *, from_query: bool) -> None:
+        self.data = data
+        self.from_query = from_query
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.data.get(name, default)
+        if self.from_query and isinstance(value, list):
+            return value[-1] if value else default
+        return value
+
+    def list(self, name: str) -> list[Any]:
+        value = self.data.get(name)
+        if value is None:
+            return []
+        return value if isinstance(value, list) else [value]
+
+    def string(self, name: str, *, required: bool = False, default: str = "") -> str:
+        value = self.get(name)
+        if value is None or value == "":
+            if required:
+                raise invalid(f"Missing value for required parameter '{name}'.")
+            return default
+        if not isinstance(value, str):
+            raise invalid(f"Invalid value {json.dumps(value)} for parameter '{name}' supplied: expected a string.")
+        return value
+
+    def integer(self, name: str, *, required: bool = False, default: int | None = None) -> int | None:
+        value = self.get(name)
+        if value is None or value == "":
+            if required:
+                raise invalid(f"Missing value for required parameter '{name}'.")
+            return default
+        if isinstance(value, bool):
+            raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.") from None
+
+    def run_id(self) -> str:
+        value = self.get("run_id") or self.get("run_uuid")
+        if not value:
+            raise invalid("Missing value for required parameter 'run_id'.")
+        if not isinstance(value, str):
+            raise invalid(f"Invalid value {json.dumps(value)} for parameter 'run_id' supplied: expected a string.")
+        return value
+
+
+def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
+    if request.method == "GET":
+        return Body({key: request.GET.getlist(key) for key in request.GET}, from_query=True)
+    raw = request.body
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise invalid(f"Batched logging API requests must be at most {max_bytes} bytes, got {len(raw)}.")
+    if not raw.strip():
+        return Body({}, from_query=False)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MlflowApiError("BAD_REQUEST", "The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise MlflowApiError("BAD_REQUEST", "The request body must be a JSON object.")
+    return Body(data, from_query=False)
+
+
+# --- The decorator -----------------------------------------------------------------------------
+
+Handler = Callable[[Caller, Body], dict[str, Any]]
+
+
+def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Handler], Callable[..., HttpResponse]]:
+    """Authenticate, parse, run the handler, and turn every failure into MLflow's error JSON."""
+
+    def decorate(handler: Handler) -> Callable[..., HttpResponse]:
+        @csrf_exempt
+        @wraps(handler)
+        def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                return error_response(
+                    "ENDPOINT_NOT_FOUND", f"{request.method} is not supported here; use {' or '.join(methods)}."
+                )
+            try:
+                caller = authenticate(request)
+                body = parse_body(request, max_bytes=max_bytes)
+                return json_response(handler(caller, body))
+            except MlflowApiError as exc:
+                return error_response(exc.code, exc.message)
+            except IngestError as exc:
+                return error_response(exc.mlflow_code, exc.message)
+            except PermissionDeniedError as exc:
+                return error_response("PERMISSION_DENIED", exc.message)
+            except ConflictError as exc:
+                return error_response("RESOURCE_CONFLICT", exc.message)
+            except DomainError as exc:
+                return error_response("INVALID_PARAMETER_VALUE", exc.message)
+            except Exception:
+                logger.exception("MLflow-compatible endpoint %s failed", request.path)
+                return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")
+
+        return view
+
+    return decorate

@@ -1,0 +1,296 @@
+"""MLflow tracking REST API (2.0) over mlboard's runs, so unmodified training scripts log here with
+
+    MLFLOW_TRACKING_URI=https://<mlboard>/mlflow  MLFLOW_TRACKING_TOKEN=<mlboard API token>
+
+Handlers only translate MLflow's request/response shapes; writes go through services.runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from ..models import Run, RunStatus, TrackingExperiment
+from ..services import runs as run_services
+from ..services.runs import MetricPoint, ms_to_dt
+from . import selectors
+from .http import Body, Caller, MlflowApiError, error_response, invalid, mlflow_endpoint
+
+
+def _experiment_for_write(caller: Caller, experiment_id: str) -> TrackingExperiment:
+    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
+    if experiment is None:
+        experiment = run_services.tracking_experiment_default(team=caller.team)
+    if experiment.lifecycle_stage != run_services.ACTIVE:
+        raise invalid(f"The experiment {experiment.pk} must be in the 'active' state to log runs to it.")
+    return experiment
+
+
+def _active_run(caller: Caller, body: Body) -> Run:
+    caller.ensure_can_write()
+    run = selectors.run_by_id(team=caller.team, run_id=body.run_id())
+    if run.lifecycle_stage != run_services.ACTIVE:
+        raise invalid(
+            f"The run {run.external_id} must be in the 'active' state. Current state is {run.lifecycle_stage}."
+        )
+    return run
+
+
+def _key_values(items: list[Any], what: str) -> list[tuple[str, Any]]:
+    pairs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not item.get("key"):
+            raise invalid(f"Missing value for required parameter '{what}[{index}].key'.")
+        pairs.append((item["key"], item.get("value", "")))
+    return pairs
+
+
+def _metric_point(item: Any, path: str) -> MetricPoint:
+    if not isinstance(item, dict):
+        raise invalid(f"Invalid value for parameter '{path}': expected an object with key, value and timestamp.")
+    for field in ("key", "value", "timestamp"):
+        if item.get(field) is None or item.get(field) == "":
+            raise invalid(f"Missing value for required parameter '{path}.{field}'.")
+    return MetricPoint(key=item["key"], value=item["value"], step=item.get("step") or 0, timestamp=item["timestamp"])
+
+
+def _status(body: Body) -> str | None:
+    status = body.get("status")
+    if status is None or status == "":
+        return None
+    if isinstance(status, int) and not isinstance(status, bool):
+        names = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
+        if status in names:
+            return names[status]
+    if isinstance(status, str) and status.upper() in RunStatus.values:
+        return status.upper()
+    raise invalid(f"Invalid run status {status!r}; use one of {', '.join(RunStatus.values)}.")
+
+
+# --- Experiments -------------------------------------------------------------------------------
+
+
+@mlflow_endpoint("POST")
+def experiments_create(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    tags = dict(_key_values(body.list("tags"), "tags"))
+    experiment = run_services.tracking_experiment_create(
+        team=caller.team,
+        name=body.string("name", required=True),
+        artifact_location=body.string("artifact_location"),
+        tags=tags,
+    )
+    return {"experiment_id": str(experiment.pk)}
+
+
+@mlflow_endpoint("GET")
+def experiments_get(caller: Caller, body: Body) -> dict[str, Any]:
+    experiment_id = body.string("experiment_id", required=True)
+    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
+    if experiment is None:
+        experiment = run_services.tracking_experiment_default(team=caller.team)
+    return {"experiment": selectors.experiment_json(experiment)}
+
+
+@mlflow_endpoint("GET")
+def experiments_get_by_name(caller: Caller, body: Body) -> dict[str, Any]:
+    name = body.string("experiment_name", required=True)
+    experiment = selectors.experiment_by_name(team=caller.team, name=name)
+    if experiment is None and name == run_services.DEFAULT_EXPERIMENT_NAME:
+        experiment = run_services.tracking_experiment_default(team=caller.team)
+    if experiment is None:
+        raise MlflowApiError("RESOURCE_DOES_NOT_EXIST", f"Could not find experiment with name '{name}'")
+    return {"experiment": selectors.experiment_json(experiment)}
+
+
+@mlflow_endpoint("GET", "POST")
+def experiments_search(caller: Caller, body: Body) -> dict[str, Any]:
+    experiments, token = selectors.experiments_search(
+        team=caller.team,
+        view_type=body.get("view_type"),
+        max_results=body.integer("max_results"),
+        filter_string=body.string("filter"),
+        order_by=[str(o) for o in body.list("order_by")],
+        page_token=body.string("page_token"),
+    )
+    response: dict[str, Any] = {"experiments": [selectors.experiment_json(e) for e in experiments]}
+    if token:
+        response["next_page_token"] = token
+    return response
+
+
+@mlflow_endpoint("POST")
+def experiments_set_tag(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=body.string("experiment_id", required=True))
+    if experiment is None:
+        experiment = run_services.tracking_experiment_default(team=caller.team)
+    run_services.tracking_experiment_set_tag(
+        experiment=experiment, key=body.string("key", required=True), value=body.get("value", "")
+    )
+    return {}
+
+
+# --- Runs --------------------------------------------------------------------------------------
+
+
+@mlflow_endpoint("POST")
+def runs_create(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    experiment = _experiment_for_write(caller, body.string("experiment_id", default=selectors.DEFAULT_EXPERIMENT_ID))
+    start = body.integer("start_time")
+    run = run_services.run_create(
+        team=caller.team,
+        user=caller.user,
+        experiment=experiment,
+        name=body.string("run_name"),
+        start_time=ms_to_dt(start) if start else None,
+        tags=dict(_key_values(body.list("tags"), "tags")),
+    )
+    run = selectors.run_by_id(team=caller.team, run_id=run.external_id, with_related=True)
+    return {"run": selectors.run_json(run)}
+
+
+@mlflow_endpoint("POST")
+def runs_update(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    end = body.integer("end_time")
+    run = run_services.run_update(
+        run=run,
+        status=_status(body),
+        end_time=ms_to_dt(end) if end else None,
+        name=body.string("run_name") or None,
+    )
+    return {"run_info": selectors.run_info_json(run)}
+
+
+@mlflow_endpoint("GET")
+def runs_get(caller: Caller, body: Body) -> dict[str, Any]:
+    run = selectors.run_by_id(team=caller.team, run_id=body.run_id(), with_related=True)
+    return {"run": selectors.run_json(run)}
+
+
+@mlflow_endpoint("GET", "POST")
+def runs_search(caller: Caller, body: Body) -> dict[str, Any]:
+    runs, token = selectors.runs_search(
+        team=caller.team,
+        experiment_ids=[str(e) for e in body.list("experiment_ids")],
+        filter_string=body.string("filter"),
+        view_type=body.get("run_view_type"),
+        max_results=body.integer("max_results"),
+        order_by=[str(o) for o in body.list("order_by")],
+        page_token=body.string("page_token"),
+    )
+    response: dict[str, Any] = {"runs": [selectors.run_json(r) for r in runs]}
+    if token:
+        response["next_page_token"] = token
+    return response
+
+
+@mlflow_endpoint("POST")
+def runs_delete(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    run_services.run_delete(run=selectors.run_by_id(team=caller.team, run_id=body.run_id()))
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_restore(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    run_services.run_restore(run=selectors.run_by_id(team=caller.team, run_id=body.run_id()))
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_log_parameter(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    key = body.string("key", required=True)
+    run_services.run_log_batch(run=run, params=[(key, body.get("value", ""))])
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_log_metric(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    point = _metric_point(body.data, "")
+    run_services.run_log_batch(run=run, metrics=[point])
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_set_tag(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    run_services.run_log_batch(run=run, tags=[(body.string("key", required=True), body.get("value", ""))])
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_delete_tag(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    run_services.run_delete_tag(run=run, key=body.string("key", required=True))
+    return {}
+
+
+def _batch_limit(what: str, limit: int, count: int) -> None:
+    if count > limit:
+        raise invalid(
+            f"A batch logging request can contain at most {limit} {what}. Got {count} {what}. "
+            f"Please split up {what} across multiple requests and try again."
+        )
+
+
+@mlflow_endpoint("POST", max_bytes=1_000_000)
+def runs_log_batch(caller: Caller, body: Body) -> dict[str, Any]:
+    metrics, params, tags = body.list("metrics"), body.list("params"), body.list("tags")
+    _batch_limit("metrics", settings.MLFLOW_MAX_METRICS_PER_BATCH, len(metrics))
+    _batch_limit("params", settings.MLFLOW_MAX_PARAMS_PER_BATCH, len(params))
+    _batch_limit("tags", settings.MLFLOW_MAX_TAGS_PER_BATCH, len(tags))
+    _batch_limit(
+        "metrics, params, and tags", settings.MLFLOW_MAX_ENTITIES_PER_BATCH, len(metrics) + len(params) + len(tags)
+    )
+    points = [_metric_point(item, f"metrics[{i}]") for i, item in enumerate(metrics)]
+    run = _active_run(caller, body)
+    run_services.run_log_batch(
+        run=run, metrics=points, params=_key_values(params, "params"), tags=_key_values(tags, "tags")
+    )
+    return {}
+
+
+@mlflow_endpoint("GET")
+def metrics_get_history(caller: Caller, body: Body) -> dict[str, Any]:
+    run = selectors.run_by_id(team=caller.team, run_id=body.run_id())
+    points, token = selectors.metric_history(
+        run=run,
+        key=body.string("metric_key", required=True),
+        max_results=body.integer("max_results"),
+        page_token=body.string("page_token"),
+    )
+    response: dict[str, Any] = {"metrics": points}
+    if token:
+        response["next_page_token"] = token
+    return response
+
+
+# --- Everything else ---------------------------------------------------------------------------
+
+
+@csrf_exempt
+def artifacts_unsupported(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return error_response(
+        "NOT_IMPLEMENTED",
+        "mlboard tracks params, metrics and tags but does not store artifacts or models. "
+        "Keep artifacts in your own storage and record their location as a tag.",
+    )
+
+
+@csrf_exempt
+def endpoint_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return error_response(
+        "ENDPOINT_NOT_FOUND",
+        f"mlboard's MLflow-compatible API does not implement {request.method} {json.dumps(request.path)}; "
+        "it supports experiment and run tracking (params, metrics, tags).",
+    )
