@@ -23,6 +23,93 @@ def evaluate_verdict(card_id: int) -> int | None:
     return proposal.pk if proposal else None
 
 
+# --- Standup digests ---------------------------------------------------------------------------
+
+
+@shared_task(acks_late=True)
+def build_due_standup_digests(now_iso: str | None = None) -> list[int]:
+    """Beat tick (every 5 min): enqueue one digest task per team whose standup time passed today
+    (in its own timezone) and that has no digest for today's window yet."""
+    import datetime as dt
+
+    from .selectors.standup import teams_due_for_digest
+
+    now = dt.datetime.fromisoformat(now_iso) if now_iso else None
+    due = teams_due_for_digest(now=now)
+    for team_id, window_end in due:
+        end_iso = window_end.isoformat()
+        transaction.on_commit(lambda team_id=team_id, end_iso=end_iso: build_standup_digest.delay(team_id, end_iso))
+    return [team_id for team_id, _ in due]
+
+
+def _standup_retry_errors() -> tuple[type[BaseException], ...]:
+    import requests
+
+    from .services.standup import DeliveryError
+
+    return (DeliveryError, requests.RequestException, OSError)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=_standup_retry_errors(),
+    retry_backoff=30,
+    retry_backoff_max=900,
+    retry_jitter=True,
+    max_retries=6,
+)
+def build_standup_digest(self, team_id: int, window_end_iso: str, board_id: int | None = None) -> int | None:
+    """Build (or find) the team's digest for the window, then send the channels not sent yet.
+
+    Safe to retry: the digest is unique per window and each channel is guarded by its *_sent_at.
+    """
+    import datetime as dt
+
+    from .models import Board, Team
+    from .services.standup import standup_digest_build, standup_digest_deliver
+
+    team = Team.objects.filter(pk=team_id).first()
+    if team is None:
+        return None
+    board = Board.objects.filter(pk=board_id, team=team).first() if board_id else None
+    digest = standup_digest_build(team=team, board=board, window_end=dt.datetime.fromisoformat(window_end_iso))
+    standup_digest_deliver(digest=digest)
+    return digest.pk
+
+
+# --- Maturity (nightly snapshots) -----------------------------------------------------------------
+
+
+@shared_task(acks_late=True)
+def snapshot_all_maturity() -> int:
+    """Nightly: one snapshot task per team, all for the same date so a late worker stores the right day."""
+    from django.utils import timezone
+
+    from .selectors.maturity import team_ids_for_snapshot
+
+    date_iso = timezone.localdate().isoformat()
+    team_ids = list(team_ids_for_snapshot())
+    for team_id in team_ids:
+        snapshot_team_maturity.delay(team_id, date_iso)
+    return len(team_ids)
+
+
+@shared_task(acks_late=True)
+def snapshot_team_maturity(team_id: int, date_iso: str | None = None) -> int | None:
+    """Store the team's MaturitySnapshot for the date; unique per (team, date), so re-running only refreshes it."""
+    import datetime as dt
+
+    from .models import Team
+    from .services.maturity import maturity_snapshot_take
+
+    team = Team.objects.filter(pk=team_id).first()
+    if team is None:
+        return None
+    date = dt.date.fromisoformat(date_iso) if date_iso else None
+    return maturity_snapshot_take(team=team, date=date).pk
+
+
 # --- MLflow import ------------------------------------------------------------------------------
 
 
@@ -58,3 +145,33 @@ def sync_mlflow_source(source_id: int) -> dict | None:
         "metric_points": summary.metric_points,
         "problems": len(summary.problems),
     }
+
+
+# --- Iterations ---------------------------------------------------------------------------------
+
+
+@shared_task(acks_late=True)
+def roll_iterations() -> list[int]:
+    """Beat tick (every 10 min): one roll task per team with an open iteration."""
+    from .services.iterations import teams_with_iterations
+
+    team_ids = teams_with_iterations()
+    for team_id in team_ids:
+        transaction.on_commit(lambda team_id=team_id: roll_team_iterations.delay(team_id))
+    return team_ids
+
+
+@shared_task(acks_late=True)
+def roll_team_iterations(team_id: int, now_iso: str | None = None) -> int | None:
+    """Close the team's ended iterations and open the next; repeating it changes nothing."""
+    import datetime as dt
+
+    from .models import Team
+    from .services.iterations import iteration_roll
+
+    team = Team.objects.filter(pk=team_id).first()
+    if team is None:
+        return None
+    now = dt.datetime.fromisoformat(now_iso) if now_iso else None
+    active = iteration_roll(team=team, now=now)
+    return active.pk if active else None

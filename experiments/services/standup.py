@@ -1,0 +1,367 @@
+"""Standup digests: build once per team and window, deliver each channel at most once.
+
+A digest is unique per (team, board, window_end), so a retried or duplicated task finds the
+stored digest instead of building a second one. Each channel is claimed by stamping its
+*_sent_at with a conditional UPDATE before sending and released again if sending fails, so a
+retry after a partial failure re-sends only what did not go out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from ..models import Board, Membership, StandupDigest, Team
+from ..selectors.standup import CardGroup, StandupData, Window, standup_overview, team_tz, window_start_before
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT = 10
+MAX_LISTED = 15
+CONTENT_VERSION = 1
+
+
+class DeliveryError(Exception):
+    """A channel failed; the task retries and only the unsent channels go out again."""
+
+
+# --- Content -----------------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> float | None:
+    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+        return None
+    return value
+
+
+def _card_entry(group: CardGroup, sections: dict[str, int]) -> dict[str, Any]:
+    card, s = group.card, group.stats
+    entry: dict[str, Any] = {
+        "id": card.pk,
+        "key": card.key,
+        "title": card.title,
+        "kind": card.kind,
+        "board": card.board.name,
+        "column": card.column.name,
+        "owner": group.owner_label,
+        **sections,
+    }
+    if s is not None:
+        entry.update(
+            metric=s.metric_key, direction=s.direction, n=s.n, new_n=s.new_n, mean=_num(s.mean), std=_num(s.std),
+            baseline=_num(s.baseline), delta=_num(s.delta), improved=s.improved,
+        )
+    return entry
+
+
+def standup_content(data: StandupData) -> dict[str, Any]:
+    """JSON-safe summary of a standup overview (what a digest stores)."""
+    per_card: dict[int, dict[str, int]] = {}
+    groups: dict[int, CardGroup] = {}
+    for section in ("finished", "failed", "running"):
+        for group in getattr(data, section):
+            per_card.setdefault(group.card.pk, {"finished": 0, "failed": 0, "running": 0})[section] = group.total
+            groups.setdefault(group.card.pk, group)
+    cards = [_card_entry(groups[pk], per_card[pk]) for pk in groups]
+    cards.sort(key=lambda c: (c["owner"].lower(), c["key"]))
+    failed_runs = [
+        {"name": run.label, "status": run.status, "card": group.card.key, "user": run.user_label}
+        for group in data.failed
+        for run in group.runs
+    ][:MAX_LISTED]
+    return {
+        "version": CONTENT_VERSION,
+        "team": {"slug": data.team.slug, "name": data.team.name},
+        "board": {"id": data.board.pk, "name": data.board.name} if data.board else None,
+        "window": {
+            "start": data.window.start.isoformat(),
+            "end": data.window.end.isoformat(),
+            "tz": str(data.window.tz),
+        },
+        "counts": data.counts,
+        "cards": cards,
+        "failed_runs": failed_runs,
+        "proposals": [
+            {
+                "id": p.pk,
+                "card": p.card.key,
+                "title": p.card.title,
+                "owner": str(p.card.owner) if p.card.owner_id else "Unassigned",
+                "proposed": p.proposed,
+                "explanation": p.explanation,
+                "stats": p.stats,
+            }
+            for p in data.proposals
+        ],
+        "stuck": [
+            {
+                "key": s.card.key, "title": s.card.title, "board": s.card.board.name, "column": s.card.column.name,
+                "owner": str(s.card.owner) if s.card.owner_id else "Unassigned",
+                "idle_hours": int((data.window.end - s.last_activity).total_seconds() // 3600),
+            }
+            for s in data.stuck
+        ],
+        "wip_over": [
+            {"board": c.board.name, "column": c.name, "count": c.card_count, "limit": c.wip_limit}
+            for c in data.wip_over
+        ],
+        "unlinked": {"total": data.unlinked_total, "sample": [r.label for r in data.unlinked[:MAX_LISTED]]},
+    }
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.3g}"
+
+
+def card_line(card: dict[str, Any]) -> str:
+    parts = [f"{card['key']} {card['title']} ({card['owner']}, {card['column']})"]
+    runs = ", ".join(f"{card[k]} {k}" for k in ("finished", "failed", "running") if card.get(k))
+    if runs:
+        parts.append(runs)
+    if card.get("metric") and card.get("mean") is not None:
+        spread = f" ± {_fmt(card['std'], 2)}" if card.get("std") is not None else ""
+        text = f"{card['metric']} {_fmt(card['mean'])}{spread} (n={card['n']})"
+        if card.get("baseline") is not None:
+            text += f" vs baseline {_fmt(card['baseline'])}, Δ {_signed(card['delta'])}"
+        parts.append(text)
+    return " — ".join(parts)
+
+
+def window_label(content: dict[str, Any]) -> str:
+    window = content["window"]
+    start = dt.datetime.fromisoformat(window["start"])
+    end = dt.datetime.fromisoformat(window["end"])
+    try:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(window["tz"])
+        start, end = start.astimezone(tz), end.astimezone(tz)
+    except Exception:  # an unknown zone name only affects display
+        pass
+    return f"{start:%a %d %b %H:%M} → {end:%a %d %b %H:%M} ({window['tz']})"
+
+
+def digest_title(content: dict[str, Any]) -> str:
+    scope = content["team"]["name"] + (f" / {content['board']['name']}" if content.get("board") else "")
+    end = dt.datetime.fromisoformat(content["window"]["end"])
+    return f"Standup {scope} — {end:%a %d %b}"
+
+
+def standup_text(content: dict[str, Any]) -> str:
+    """Plain-text digest for email bodies and the terminal."""
+    counts = content["counts"]
+    lines = [
+        digest_title(content),
+        window_label(content),
+        "",
+        (
+            f"Runs: {counts['finished']} finished, {counts['failed']} failed, {counts['running']} still running"
+            f" · {counts['proposals']} verdict(s) waiting · {counts['stuck']} stuck card(s)"
+            f" · {counts['wip_over']} column(s) over WIP · {counts['unlinked']} unlinked run(s)"
+        ),
+    ]
+
+    def section(title: str, items: list[str], total: int | None = None) -> None:
+        if not items:
+            return
+        lines.extend(["", f"{title} ({total if total is not None else len(items)})"])
+        lines.extend(f"  - {item}" for item in items[:MAX_LISTED])
+        hidden = (total if total is not None else len(items)) - min(len(items), MAX_LISTED)
+        if hidden > 0:
+            lines.append(f"  … and {hidden} more")
+
+    section(
+        "Verdicts waiting for a decision",
+        [f"{p['card']} {p['title']}: proposed {p['proposed']} ({p['owner']})" for p in content["proposals"]],
+    )
+    section(
+        "Failed runs",
+        [f"{r['name']} [{r['status']}] on {r['card']} by {r['user']}" for r in content["failed_runs"]],
+        counts["failed"],
+    )
+    section("Cards with overnight runs", [card_line(c) for c in content["cards"]])
+    section("Stuck cards", [f"{s['key']} {s['title']} — no new runs for {s['idle_hours']} h ({s['owner']})"
+                            for s in content["stuck"]])
+    section("Over WIP limit", [f"{w['board']} / {w['column']}: {w['count']} cards, limit {w['limit']}"
+                               for w in content["wip_over"]])
+    section("Runs not linked to a card", content["unlinked"]["sample"], content["unlinked"]["total"])
+    if not (content["cards"] or content["proposals"] or content["stuck"] or content["wip_over"]
+            or content["unlinked"]["total"]):
+        lines.extend(["", "Quiet night: nothing finished, failed or waiting."])
+    return "\n".join(lines) + "\n"
+
+
+def _mrkdwn(text: str) -> str:
+    # Slack mrkdwn escapes; section text is capped at 3000 characters.
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text if len(text) <= 2900 else text[:2899] + "…"
+
+
+def standup_slack_payload(content: dict[str, Any]) -> dict[str, Any]:
+    """Slack-compatible incoming-webhook JSON: a text fallback plus Block Kit blocks."""
+    counts = content["counts"]
+    summary = (
+        f"*{counts['finished']}* finished · *{counts['failed']}* failed · *{counts['running']}* running · "
+        f"*{counts['proposals']}* verdicts waiting · *{counts['stuck']}* stuck · *{counts['wip_over']}* over WIP"
+    )
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": digest_title(content)[:150]}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(window_label(content))}]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
+    ]
+
+    def add(title: str, items: list[str]) -> None:
+        if items:
+            body = "\n".join(f"• {_mrkdwn(i)}" for i in items[:10])
+            if len(items) > 10:
+                body += f"\n… and {len(items) - 10} more"
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{body}"[:3000]}})
+
+    add("Verdicts waiting", [f"{p['card']} {p['title']}: {p['proposed']}" for p in content["proposals"]])
+    add("Failed runs", [f"{r['name']} on {r['card']}" for r in content["failed_runs"]])
+    add("Cards", [card_line(c) for c in content["cards"]])
+    add("Stuck", [f"{s['key']} {s['title']} ({s['idle_hours']} h)" for s in content["stuck"]])
+    add("Over WIP", [f"{w['board']} / {w['column']}: {w['count']}/{w['limit']}" for w in content["wip_over"]])
+    text = f"{digest_title(content)}: {counts['finished']} finished, {counts['failed']} failed, " \
+           f"{counts['running']} running, {counts['proposals']} verdicts waiting"
+    return {"text": text, "blocks": blocks[:50]}
+
+
+# --- Build -------------------------------------------------------------------------------------
+
+
+def standup_digest_preview(
+    *, team: Team, board: Board | None = None, window_start: dt.datetime | None = None,
+    window_end: dt.datetime | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Content and text of a digest without storing anything (the management command prints this)."""
+    window_end = window_end or timezone.now()
+    window_start = window_start or window_start_before(team, window_end)
+    window = Window(start=window_start, end=window_end, tz=team_tz(team), custom=False)
+    content = standup_content(standup_overview(team=team, board=board, window=window, now=window_end))
+    return content, standup_text(content)
+
+
+@transaction.atomic
+def standup_digest_build(*, team: Team, board: Board | None = None, window_end: dt.datetime) -> StandupDigest:
+    """Build and store the digest for a window ending at `window_end`; returns the stored one if it exists."""
+    existing = StandupDigest.objects.filter(team=team, board=board, window_end=window_end).first()
+    if existing is not None:
+        return existing
+    window_start = window_start_before(team, window_end)
+    content, text = standup_digest_preview(team=team, board=board, window_start=window_start, window_end=window_end)
+    try:
+        with transaction.atomic():
+            return StandupDigest.objects.create(
+                team=team, board=board, window_start=window_start, window_end=window_end, content=content, text=text
+            )
+    except IntegrityError:
+        # A concurrent task stored it first; the unique constraint makes that one the digest.
+        return StandupDigest.objects.get(team=team, board=board, window_end=window_end)
+
+
+# --- Delivery ----------------------------------------------------------------------------------
+
+
+def digest_recipients(team: Team) -> list[str]:
+    member_emails = Membership.objects.filter(team=team).exclude(user__email="").values_list("user__email", flat=True)
+    extra = [line.strip() for line in (team.digest_emails or "").replace(",", "\n").splitlines() if line.strip()]
+    seen: dict[str, str] = {}
+    for email in [*member_emails, *extra]:
+        seen.setdefault(email.lower(), email)
+    return sorted(seen.values(), key=str.lower)
+
+
+def _claim(digest: StandupDigest, field: str) -> dt.datetime | None:
+    stamp = timezone.now()
+    claimed = StandupDigest.objects.filter(pk=digest.pk, **{f"{field}__isnull": True}).update(**{field: stamp})
+    return stamp if claimed else None
+
+
+def _release(digest: StandupDigest, field: str, stamp: dt.datetime) -> None:
+    StandupDigest.objects.filter(pk=digest.pk, **{field: stamp}).update(**{field: None})
+
+
+def standup_digest_send_email(*, digest: StandupDigest) -> bool:
+    """Email the digest once. Returns True if this call sent it."""
+    recipients = digest_recipients(digest.team)
+    if not recipients:
+        return False
+    stamp = _claim(digest, "email_sent_at")
+    if stamp is None:
+        return False
+    try:
+        content = digest.content
+        message = EmailMultiAlternatives(
+            subject=f"[mlboard] {digest_title(content)}: {content['counts']['finished']} finished, "
+            f"{content['counts']['failed']} failed, {content['counts']['proposals']} verdicts waiting",
+            body=digest.text,
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            to=recipients,
+        )
+        message.attach_alternative(
+            render_to_string("standup/email.html", {"content": content, "title": digest_title(content),
+                                                    "window_label": window_label(content)}),
+            "text/html",
+        )
+        message.send(fail_silently=False)
+    except Exception:
+        _release(digest, "email_sent_at", stamp)
+        raise
+    digest.email_sent_at = stamp
+    return True
+
+
+def standup_digest_send_webhook(*, digest: StandupDigest) -> bool:
+    """POST the digest to the team's Slack-compatible webhook once. Returns True if this call sent it."""
+    url = digest.team.webhook_url
+    if not url:
+        return False
+    stamp = _claim(digest, "webhook_sent_at")
+    if stamp is None:
+        return False
+    try:
+        response = requests.post(url, json=standup_slack_payload(digest.content), timeout=WEBHOOK_TIMEOUT)
+        if response.status_code >= 300:
+            raise DeliveryError(f"Webhook answered HTTP {response.status_code}: {response.text[:200]}")
+    except Exception as exc:
+        _release(digest, "webhook_sent_at", stamp)
+        StandupDigest.objects.filter(pk=digest.pk).update(webhook_error=str(exc)[:1000])
+        raise
+    StandupDigest.objects.filter(pk=digest.pk).update(webhook_error="")
+    digest.webhook_sent_at, digest.webhook_error = stamp, ""
+    return True
+
+
+def standup_digest_deliver(*, digest: StandupDigest) -> dict[str, bool]:
+    """Send every channel not sent yet. One failing channel does not stop the other; the first error
+    is raised afterwards so the task retries (and the channel that went out is not sent again)."""
+    sent: dict[str, bool] = {}
+    errors: list[Exception] = []
+    for name, send in (("email", standup_digest_send_email), ("webhook", standup_digest_send_webhook)):
+        try:
+            sent[name] = send(digest=digest)
+        except Exception as exc:  # re-raised below, after the other channel had its chance
+            logger.warning("Standup digest %s: %s delivery failed: %s", digest.pk, name, exc)
+            sent[name] = False
+            errors.append(exc)
+    if errors:
+        raise DeliveryError(f"Digest {digest.pk}: {errors[0]}") from errors[0]
+    return sent
