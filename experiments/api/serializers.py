@@ -266,6 +266,16 @@ class CardUpdateSerializer(_CardFieldsSerializer):
         super().__init__(*args, **kwargs)
         self.fields["title"].required = False
 
+    # Every field but `version` is already optional; never treat this serializer as partial, so
+    # `version` stays required (also in the OpenAPI schema, which marks PATCH bodies partial).
+    @property
+    def partial(self) -> bool:
+        return False
+
+    @partial.setter
+    def partial(self, value: bool) -> None:
+        pass
+
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping) and "column" in data:
             raise serializers.ValidationError(

@@ -1,7 +1,8 @@
 from django.urls import path
 
-from .placeholders import placeholder
+from . import account_views
 
 urlpatterns = [
-    path("account/tokens/", placeholder, name="tokens"),
+    path("account/tokens/", account_views.tokens_page, name="tokens"),
+    path("account/tokens/<int:token_id>/revoke/", account_views.token_revoke_view, name="token_revoke"),
 ]
