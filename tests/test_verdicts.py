@@ -225,6 +225,32 @@ def test_delta_over_fixed_experiment_baseline_minimize(board):
     assert "Baseline 0.5" in proposal.explanation
 
 
+def test_delta_over_baseline_runs_minimize(board):
+    card = make_hypothesis(board, metric_key="loss", direction="minimize", threshold=None, min_delta=0.03)
+    add_runs(card, [0.40, 0.41, 0.42], key="loss")
+    add_runs(card, [0.50, 0.52, 0.54], key="loss", baseline=True)
+    proposal = verdict_propose(card=card)
+    s = proposal.stats
+    assert s["delta"] == pytest.approx(-0.11) and s["improvement"] == pytest.approx(0.11)
+    expected = welch_interval([0.40, 0.41, 0.42], [0.50, 0.52, 0.54])  # about -0.151 to -0.069
+    assert s["delta_ci_high"] == pytest.approx(expected.ci_high) and expected.ci_high < -0.03
+    assert proposal.proposed == "supported"
+
+
+def test_experiment_baseline_run_is_a_fixed_baseline(board):
+    hypothesis = make_hypothesis(board, threshold=None, min_delta=0.05)
+    base = run_create(team=board.team, status=RunStatus.FINISHED)
+    run_log_metrics(run=base, points=[MetricPoint(METRIC, 0.75, step=3)])
+    experiment = card_create(board=board, kind=CardKind.EXPERIMENT, title="e", actor=None, parent=hypothesis)
+    Card.objects.filter(pk=experiment.pk).update(baseline_run=base)
+    add_runs(experiment, [0.86, 0.87, 0.88])
+    s = verdict_propose(card=hypothesis).stats
+    assert s["baseline"] == pytest.approx(0.75) and s["baseline_source"] == "runs" and s["baseline_n"] == 1
+    assert s["baseline_run_ids"] == [base.pk] and base.pk not in s["run_ids"]
+    half = t_quantile(0.975, 2) * 0.01 / math.sqrt(3)
+    assert s["delta_ci_low"] == pytest.approx(0.12 - half)  # single baseline value: treated as fixed
+
+
 def test_min_delta_without_baseline_is_inconclusive(board):
     card = make_hypothesis(board, threshold=None, min_delta=0.01)
     add_runs(card, [0.86, 0.87, 0.88])
