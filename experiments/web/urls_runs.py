@@ -1,8 +1,21 @@
 from django.urls import path
 
-from .placeholders import placeholder
+from . import run_views
 
 urlpatterns = [
-    path("teams/<slug:team_slug>/runs/", placeholder, name="runs"),
-    path("cards/<int:card_id>/", placeholder, name="card_detail"),
+    path("teams/<slug:team_slug>/runs/", run_views.runs_page, name="runs"),
+    path("teams/<slug:team_slug>/runs/compare/", run_views.run_compare, name="run_compare"),
+    path("teams/<slug:team_slug>/runs/metrics.json", run_views.run_metric_chart, name="run_metric_chart"),
+    path("runs/<int:run_id>/", run_views.run_detail, name="run_detail"),
+    path("cards/<int:card_id>/", run_views.card_detail, name="card_detail"),
+    path("cards/<int:card_id>/metrics.json", run_views.card_metric_chart, name="card_metric_chart"),
+    path("cards/<int:card_id>/runs/search/", run_views.card_run_search, name="card_run_search"),
+    path("cards/<int:card_id>/runs/link/", run_views.card_run_link, name="card_run_link"),
+    path("cards/<int:card_id>/runs/<int:run_id>/unlink/", run_views.card_run_unlink, name="card_run_unlink"),
+    path("cards/<int:card_id>/runs/<int:run_id>/baseline/", run_views.card_run_baseline, name="card_run_baseline"),
+    path(
+        "cards/<int:card_id>/verdict/<int:proposal_id>/decide/",
+        run_views.card_verdict_decide,
+        name="card_verdict_decide",
+    ),
 ]

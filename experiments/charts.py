@@ -1,0 +1,172 @@
+"""Plotly figure builders for run views. Figures are built server-side and shipped as JSON;
+the browser only calls Plotly.newPlot on them. Series arrive already downsampled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.utils import PlotlyJSONEncoder
+
+from .models import Direction
+from .selectors.metrics import Series
+from .selectors.runs import CompareRow, Comparison
+
+# Distinguishable on white, colour-blind friendly first (Okabe-Ito), then extra hues.
+PALETTE = (
+    "#4f46e5", "#e69f00", "#009e73", "#d55e00", "#0072b2", "#cc79a7", "#56b4e9", "#8c564b",
+    "#7f7f7f", "#bcbd22", "#17becf", "#9467bd",
+)
+FONT = dict(family="-apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, Arial, sans-serif", size=12, color="#1d2330")
+GRID = "#eef0f3"
+MAX_PARCOORDS_DIMENSIONS = 24
+
+
+def run_color(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _base_layout(**extra: Any) -> dict[str, Any]:
+    layout: dict[str, Any] = dict(
+        template="none",
+        font=FONT,
+        paper_bgcolor="#ffffff",
+        plot_bgcolor="#ffffff",
+        margin=dict(l=56, r=16, t=12, b=40),
+        height=300,
+        showlegend=True,
+        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0, font=dict(size=11)),
+    )
+    layout.update(extra)
+    return layout
+
+
+def metric_chart(
+    *,
+    key: str,
+    series: Sequence[Series],
+    colors: dict[int, str] | None = None,
+    threshold: float | None = None,
+    direction: str = "",
+) -> go.Figure:
+    """One line per run, x = step. Gaps (NaN/Inf) break the line; baselines are dashed."""
+    colors = colors or {}
+    fig = go.Figure()
+    for index, s in enumerate(series):
+        color = colors.get(s.run_id, run_color(index))
+        name = f"{s.label} (baseline)" if s.is_baseline else s.label
+        fig.add_trace(
+            go.Scatter(
+                x=s.steps,
+                y=s.values,
+                mode="lines+markers" if len(s.steps) <= 1 else "lines",
+                name=name,
+                connectgaps=False,
+                line=dict(color=color, width=1.8, dash="dash" if s.is_baseline else "solid"),
+                marker=dict(size=6, color=color),
+                hovertemplate=f"<b>{_escape(name)}</b><br>step %{{x}}<br>{_escape(key)} %{{y:.5g}}<extra></extra>",
+                meta=dict(run_id=s.run_id),
+            )
+        )
+    shapes, annotations = [], []
+    if threshold is not None:
+        better = "≥" if direction == Direction.MAXIMIZE else "≤" if direction == Direction.MINIMIZE else "="
+        shapes.append(
+            dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=threshold, y1=threshold,
+                 line=dict(color="#c0362c", width=1.2, dash="dot"))
+        )
+        annotations.append(
+            dict(xref="paper", x=1, xanchor="right", yref="y", y=threshold, yanchor="bottom",
+                 text=f"target {better} {threshold:g}", showarrow=False, font=dict(size=11, color="#c0362c"))
+        )
+    fig.update_layout(
+        _base_layout(
+            hovermode="closest",
+            shapes=shapes,
+            annotations=annotations,
+            xaxis=dict(title=dict(text="step", font=dict(size=11)), gridcolor=GRID, zeroline=False,
+                       showline=True, linecolor="#d0d5dd", ticks="outside", tickcolor="#d0d5dd"),
+            yaxis=dict(gridcolor=GRID, zeroline=False, showline=True, linecolor="#d0d5dd", automargin=True),
+            meta=dict(metric=key),
+        )
+    )
+    return fig
+
+
+def _escape(text: str) -> str:
+    # Plotly hover templates treat %{...} as placeholders and accept a small HTML subset.
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("%{", "%&#123;")
+    )
+
+
+def _dimension(row: CompareRow, label: str) -> dict[str, Any] | None:
+    """A parcoords axis: numeric if every present value parses as a number, else categorical."""
+    present = [v for v in row.values if v is not None]
+    if not present:
+        return None
+    if all(n is not None for v, n in zip(row.values, row.numbers, strict=True) if v is not None):
+        values = list(row.numbers)
+        return dict(label=label, values=values)
+    categories = sorted(set(present))
+    index = {c: i for i, c in enumerate(categories)}
+    return dict(
+        label=label,
+        values=[index[v] if v is not None else None for v in row.values],
+        tickvals=list(range(len(categories))),
+        ticktext=[c if len(c) <= 18 else c[:17] + "…" for c in categories],
+        range=[-0.5, max(len(categories) - 0.5, 0.5)],
+    )
+
+
+def parallel_coordinates(*, comparison: Comparison, color_metric: str | None = None) -> go.Figure | None:
+    """Params (those that differ, if any do) then final metrics, one line per run."""
+    if len(comparison.runs) < 2:
+        return None
+    params = [r for r in comparison.params if r.differs] or comparison.params
+    dims: list[dict[str, Any]] = []
+    labels = [run.name or run.external_id[:8] for run in comparison.runs]
+    dims.append(
+        dict(label="run", values=list(range(len(labels))), tickvals=list(range(len(labels))),
+             ticktext=[t if len(t) <= 18 else t[:17] + "…" for t in labels])
+    )
+    for row in params:
+        dim = _dimension(row, row.key)
+        if dim:
+            dims.append(dim)
+    metric_rows = [r for r in comparison.metrics if any(n is not None for n in r.numbers)]
+    for row in metric_rows:
+        dims.append(dict(label=row.key, values=list(row.numbers)))
+    dims = dims[:MAX_PARCOORDS_DIMENSIONS]
+    if len(dims) < 2:
+        return None
+    color_row = next((r for r in metric_rows if r.key == color_metric), metric_rows[0] if metric_rows else None)
+    if color_row is not None:
+        line = dict(
+            color=[n if n is not None else None for n in color_row.numbers],
+            colorscale="Viridis",
+            showscale=True,
+            colorbar=dict(title=dict(text=color_row.key, side="right"), thickness=12),
+        )
+    else:
+        line = dict(color=list(range(len(labels))), colorscale="Viridis", showscale=False)
+    fig = go.Figure(
+        go.Parcoords(
+            dimensions=dims,
+            line=line,
+            labelangle=-20,
+            labelside="top",
+            labelfont=dict(size=11),
+            tickfont=dict(size=10),
+        )
+    )
+    fig.update_layout(_base_layout(height=420, margin=dict(l=90, r=70, t=70, b=24), showlegend=False))
+    return fig
+
+
+def figure_payload(fig: go.Figure | None, **meta: Any) -> dict[str, Any]:
+    """JSON-ready {figure, meta}; NaN/Inf become null through plotly's encoder."""
+    figure = json.loads(json.dumps(fig.to_plotly_json(), cls=PlotlyJSONEncoder)) if fig is not None else None
+    return {"figure": figure, "meta": meta}
