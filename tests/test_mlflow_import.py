@@ -255,3 +255,18 @@ def test_periodic_task_syncs_enabled_sources(team, other_team, fake, django_capt
     assert imported(team).count() == 4 and imported(other_team).count() == 1
     assert not Run.objects.filter(source="import:off").exists()
     assert TrackingExperiment.objects.filter(team=other_team, source="import:legacy").count() == 1
+
+
+def test_bad_run_is_reported_and_the_rest_imported(team, fake, source):
+    fake.add_run("2", "bad", start=T0 + 4100, end=T0 + 4200)
+    fake.log("bad", "../escape", [(0, 1.0)])  # rejected by mlboard's key rules
+    summary = mlflow_source_sync(source=source)
+    assert summary.runs_created == 4
+    assert len(summary.problems) == 1 and "Run bad in 'fraud'" in summary.problems[0]
+    assert not imported(team).filter(external_id="bad").exists()
+    source.refresh_from_db()
+    assert "Run bad" in source.last_error
+    assert "bad" in source.cursor["2"]["active"]  # retried on the next sync
+    with pytest.raises(CommandError, match="1 run"):
+        call_command("import_mlflow", "vision", fake.url, "--source-name", "legacy", "--no-progress",
+                     stdout=io.StringIO(), stderr=io.StringIO())

@@ -394,6 +394,20 @@ def test_pending_selector_constant_queries(board, team, django_assert_num_querie
     assert len(verdict_proposals_pending(team=team)) == 7
 
 
+def test_evaluation_queries_do_not_grow_with_runs(board, django_assert_num_queries):
+    from experiments.services.verdicts import verdict_evaluate
+
+    small, large = make_hypothesis(board), make_hypothesis(board)
+    add_runs(small, [0.86, 0.87, 0.88])
+    add_runs(small, [0.7, 0.71], baseline=True)
+    add_runs(large, [0.86, 0.87, 0.88] * 2)
+    add_runs(large, [0.7, 0.71] * 2, baseline=True)
+    with django_assert_num_queries(3):
+        assert verdict_evaluate(card=small).stats["n"] == 3
+    with django_assert_num_queries(3):
+        assert verdict_evaluate(card=large).stats["n"] == 6
+
+
 def test_pending_selector_is_team_scoped(board, other_team):
     _pending(board, 2)
     assert verdict_proposals_pending(team=other_team) == []

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..errors import DomainError
@@ -397,11 +397,13 @@ def _sync_experiment(ctx: _Context, data: dict) -> None:
             active.append(run_id)
         try:
             outcome = _sync_run(ctx, experiment, remote, local.get(run_id), latest)
-        except (IngestError, MlflowImportError) as exc:
+        except (IngestError, MlflowImportError, IntegrityError) as exc:
             if isinstance(exc, MlflowImportError) and _is_fatal(exc):
                 raise
+            # IntegrityError: another sync of this source stored the run at the same moment.
+            message = exc.message if isinstance(exc, DomainError) else "stored concurrently by another sync"
             outcome = "failed"
-            ctx.summary.problems.append(f"Run {run_id} in {experiment.name!r}: {exc.message}")
+            ctx.summary.problems.append(f"Run {run_id} in {experiment.name!r}: {message}")
             active.append(run_id)  # try again next time
         ctx.progress.run_done(run_id, outcome)
     # Persist per experiment so an interruption later keeps the work done so far.
@@ -444,10 +446,12 @@ def _history(ctx: _Context, run_id: str, keys: list[str]) -> list[MetricPoint]:
     points: list[MetricPoint] = []
     for key in keys:
         for m in ctx.client.metric_history(run_id, key):
-            points.append(
-                MetricPoint(key=key, value=_float(m.get("value", "nan")), step=_int(m.get("step")) or 0,
-                            timestamp=_int(m.get("timestamp")) or 0)
-            )
+            try:
+                value = _float(m.get("value", "nan"))
+            except (TypeError, ValueError):
+                raise IngestError(f"Metric {key!r} has an unreadable value {m.get('value')!r}.") from None
+            step, timestamp = _int(m.get("step")) or 0, _int(m.get("timestamp")) or 0
+            points.append(MetricPoint(key=key, value=value, step=step, timestamp=timestamp))
     return points
 
 
