@@ -122,6 +122,8 @@ GAP_SELF_HIGH = 4.0
 GAP_EVIDENCE_LOW = 2.5
 
 Cell = tuple[str, str]
+SINGULAR = {"runs": "run", "finished runs": "finished run", "hypotheses": "hypothesis",
+            "experiments": "experiment", "decisions": "decision"}
 
 
 @dataclass(frozen=True)
@@ -145,26 +147,26 @@ EVIDENCE_METRICS: tuple[EvidenceMetric, ...] = (
         "runs", MIN_RUNS,
         (("feature_engineering", "documented"), ("feature_engineering", "consistent"),
          ("model_training", "documented")),
-        "Log the git commit on every run (MLflow does it for git checkouts; or set tag `mlboard.code_version`).",
+        "Log the git commit on every run (MLflow does it for git checkouts; or set tag “mlboard.code_version”).",
     ),
     EvidenceMetric(
         "data_version", "Data version recorded", "Share of runs that record the version of the data they used.",
         "runs", MIN_RUNS,
         (("data_collection", "documented"), ("data_collection", "consistent"), ("data_cleaning", "documented"),
          ("data_cleaning", "consistent"), ("model_training", "documented")),
-        "Version the training data (DVC, lakeFS, a dated snapshot) and set tag `mlboard.data_version` on each run.",
+        "Version the training data (DVC, lakeFS, a dated snapshot) and set tag “mlboard.data_version” on each run.",
     ),
     EvidenceMetric(
         "seed", "Seed recorded", "Share of runs that record their random seed.",
         "runs", MIN_RUNS,
         (("model_training", "consistent"),),
-        "Fix and log the random seed (param `seed`) in the training entry point.",
+        "Fix and log the random seed (param “seed”) in the training entry point.",
     ),
     EvidenceMetric(
         "environment", "Environment recorded", "Share of runs that record their software environment.",
         "runs", MIN_RUNS,
         (("model_training", "documented"), ("model_training", "consistent"), ("model_deployment", "consistent")),
-        "Record the environment on each run (tags `mlboard.env.*`, e.g. image digest or lock-file hash).",
+        "Record the environment on each run (tags “mlboard.env.*”, e.g. image digest or lock-file hash).",
     ),
     EvidenceMetric(
         "metrics_logged", "Metrics logged", "Share of runs that logged at least one metric.",
@@ -176,21 +178,21 @@ EVIDENCE_METRICS: tuple[EvidenceMetric, ...] = (
         "automated", "Automated runs", "Share of runs started by a schedule or by CI rather than by hand.",
         "runs", MIN_RUNS,
         (("model_training", "automated"), ("model_evaluation", "automated")),
-        "Start training from a pipeline (scheduler or CI) and tag runs `mlboard.trigger=scheduled` or `ci`.",
+        "Start training from a pipeline (scheduler or CI) and tag runs “mlboard.trigger=scheduled” or “ci”.",
         target=0.8,
     ),
     EvidenceMetric(
         "scheduled", "Continuous training", "Share of runs started by a schedule (continuous training).",
         "runs", MIN_RUNS,
         (("model_monitoring", "automated"), ("model_monitoring", "continuously_improved")),
-        "Retrain on a schedule or on new data and tag those runs `mlboard.trigger=scheduled`.",
+        "Retrain on a schedule or on new data and tag those runs “mlboard.trigger=scheduled”.",
         target=0.5,
     ),
     EvidenceMetric(
         "ci", "CI-triggered runs", "Share of runs started by CI (pipeline code is built and tested on change).",
         "runs", MIN_RUNS,
         (("model_deployment", "automated"),),
-        "Run the training pipeline from CI on every change and tag those runs `mlboard.trigger=ci`.",
+        "Run the training pipeline from CI on every change and tag those runs “mlboard.trigger=ci”.",
         target=0.5,
     ),
     EvidenceMetric(
@@ -295,7 +297,8 @@ class MetricValue:
     def shortfall(self) -> str:
         """Why the metric is insufficient, e.g. '4 runs (needs 10)'."""
         d = self.definition
-        return f"{self.sample} {d.sample} (needs {d.min_sample})"
+        noun = SINGULAR.get(d.sample, d.sample) if self.sample == 1 else d.sample
+        return f"{self.sample} {noun} (needs {d.min_sample})"
 
     def as_dict(self) -> dict[str, Any]:
         return {"sample": self.sample, "count": self.count, "value": self.value, "score": self.score,
@@ -406,6 +409,14 @@ class Gap:
     @property
     def diff(self) -> float:
         return round(self.self_score - self.evidence_score, 2)
+
+    @property
+    def stage_label(self) -> str:
+        return STAGE_LABELS[self.stage]
+
+    @property
+    def attribute_label(self) -> str:
+        return ATTRIBUTE_LABELS[self.attribute]
 
 
 def gaps(self_cells: Mapping[Cell, CellScore], evidence_cells: Mapping[Cell, CellScore]) -> list[Gap]:

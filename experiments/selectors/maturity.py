@@ -104,7 +104,7 @@ def reproduced_share(runs: QuerySet[Run]) -> mm.MetricValue:
     total = finished.count()
     rows = list(versioned.values_list("pk", "code_version", "data_version", "seed"))
     params: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for run_id, key, value in Param.objects.filter(run__in=versioned.values("pk")).values_list(
+    for run_id, key, value in Param.objects.filter(run__in=versioned.values("pk")).order_by().values_list(
         "run_id", "key", "value"
     ):
         params[run_id].append((key, value))
@@ -140,6 +140,7 @@ def _criteria_first(team_id: int, start: dt.datetime, end: dt.datetime) -> mm.Me
                     filter=Q(run_links__is_baseline=False))
     agg = (
         Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS)
+        .order_by()
         .annotate(first_run=first_run)
         .filter(first_run__gt=start, first_run__lte=end)
         .aggregate(
@@ -154,6 +155,7 @@ def _baseline(team_id: int, start: dt.datetime, end: dt.datetime) -> mm.MetricVa
     agg = (
         Card.objects.filter(board__team_id=team_id, kind=CardKind.EXPERIMENT, created_at__gt=start,
                             created_at__lte=end)
+        .order_by()
         .annotate(baseline_link=Exists(CardRun.objects.filter(card=OuterRef("pk"), is_baseline=True)))
         .aggregate(
             total=Count("id"),
@@ -172,6 +174,7 @@ def _decision_latency(team_id: int, start: dt.datetime, end: dt.datetime) -> mm.
         Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS, decided_at__gt=start,
                             decided_at__lte=end)
         .exclude(verdict="")
+        .order_by()
         .annotate(last_end=last_end)
         .filter(last_end__isnull=False)
         .values_list("decided_at", "last_end")
