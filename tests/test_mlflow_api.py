@@ -1,0 +1,188 @@
+"""MLflow-compatible endpoints through Django's test client: query counts stay flat as data grows,
+and the request/response details that the live client tests do not reach."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.models import LatestMetric, Metric, Run
+from experiments.services.runs import MetricPoint, run_create, run_log_batch, tracking_experiment_get_or_create
+from experiments.services.tokens import token_authenticate, token_create
+
+API = "/mlflow/api/2.0/mlflow"
+
+
+@pytest.fixture
+def auth(member, team) -> dict[str, str]:
+    secret = token_create(user=member, name="t", team=team)[1]
+    token_authenticate(secret=secret)  # records last use now, so counted requests do not write it
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def post(client, auth):
+    def do(route: str, payload: dict):
+        return client.post(f"{API}/{route}", data=json.dumps(payload), content_type="application/json", **auth)
+
+    return do
+
+
+@pytest.fixture
+def get(client, auth):
+    def do(route: str, params: dict):
+        return client.get(f"{API}/{route}", params, **auth)
+
+    return do
+
+
+def _runs(team, member, experiment, count: int) -> list[Run]:
+    runs = []
+    for i in range(count):
+        run = run_create(team=team, user=member, experiment=experiment, name=f"r{i}", tags={"k": str(i)})
+        run_log_batch(
+            run=run,
+            metrics=[MetricPoint("acc", i / 10, 0, 1), MetricPoint("loss", 1 - i / 10, 0, 1)],
+            params={"lr": "0.1", "depth": str(i)},
+        )
+        runs.append(run)
+    return runs
+
+
+def _batch(run_id: str, n: int, *, offset: int = 0) -> dict:
+    return {
+        "run_id": run_id,
+        "metrics": [
+            {"key": f"m{i % 7}", "value": i * 0.5, "timestamp": 1000 + i, "step": i + offset} for i in range(n)
+        ],
+        "params": [{"key": f"p{i}-{n}", "value": "x"} for i in range(min(n // 10, 50))],
+        "tags": [{"key": f"t{i}", "value": "y"} for i in range(min(n // 10, 50))],
+    }
+
+
+@pytest.mark.parametrize("size", [100, 200])
+def test_log_batch_query_count_is_constant(post, team, member, django_assert_num_queries, size):
+    run = run_create(team=team, user=member, name="bench")
+    # token, membership, run; then savepoint, params insert + check, metrics insert, latest upsert,
+    # run lock + save for the tags, release.
+    with django_assert_num_queries(11):
+        response = post("runs/log-batch", _batch(run.external_id, size))
+    assert response.status_code == 200, response.content
+    assert Metric.objects.filter(run=run).count() == size
+    assert LatestMetric.objects.filter(run=run).count() == 7
+
+
+@pytest.mark.parametrize("size", [300, 600])
+def test_metrics_only_batch_query_count(post, team, member, django_assert_num_queries, size):
+    run = run_create(team=team, user=member, name="bench")
+    payload = {"run_id": run.external_id, "metrics": _batch(run.external_id, size)["metrics"]}
+    # token, membership, run; savepoint, metrics insert, latest upsert, run touch, release.
+    with django_assert_num_queries(8):
+        assert post("runs/log-batch", payload).status_code == 200
+    assert Metric.objects.filter(run=run).count() == size
+
+
+@pytest.mark.parametrize("count", [3, 6])
+def test_search_runs_query_count(post, team, member, django_assert_num_queries, count):
+    experiment = tracking_experiment_get_or_create(team=team, name="exp")
+    _runs(team, member, experiment, count)
+    with django_assert_num_queries(5):  # token, membership, runs page, latest metrics, params
+        response = post("runs/search", {
+            "experiment_ids": [str(experiment.pk)],
+            "filter": "metrics.acc >= 0 and params.lr = '0.1' and tags.k != 'zz'",
+            "order_by": ["metrics.loss ASC"],
+        })
+    runs = response.json()["runs"]
+    assert len(runs) == count
+    assert [r["info"]["run_name"] for r in runs] == [f"r{i}" for i in reversed(range(count))]
+    assert {p["key"] for p in runs[0]["data"]["params"]} == {"lr", "depth"}
+
+
+@pytest.mark.parametrize("count", [4, 8])
+def test_search_experiments_query_count(post, team, django_assert_num_queries, count):
+    for i in range(count):
+        tracking_experiment_get_or_create(team=team, name=f"exp-{i}")
+    with django_assert_num_queries(3):
+        response = post("experiments/search", {"max_results": 100, "order_by": ["name ASC"]})
+    assert [e["name"] for e in response.json()["experiments"]] == [f"exp-{i}" for i in range(count)]
+
+
+@pytest.mark.parametrize("points", [500, 1000])
+def test_metric_history_query_count(get, team, member, django_assert_num_queries, points):
+    run = run_create(team=team, user=member, name="long")
+    run_log_batch(run=run, metrics=[MetricPoint("loss", 1 / (s + 1), s, 10 + s) for s in range(points)])
+    with django_assert_num_queries(4):
+        response = get("metrics/get-history", {"run_id": run.external_id, "metric_key": "loss"})
+    assert [m["step"] for m in response.json()["metrics"]] == list(range(points))
+
+
+@pytest.mark.parametrize("count", [5, 10])
+def test_get_run_query_count(get, team, member, django_assert_num_queries, count):
+    run = run_create(team=team, user=member, name="wide")
+    run_log_batch(
+        run=run,
+        metrics=[MetricPoint(f"m{i}", i, 0, 1) for i in range(count)],
+        params={f"p{i}": i for i in range(count)},
+    )
+    with django_assert_num_queries(5):
+        response = get("runs/get", {"run_id": run.external_id})
+    data = response.json()["run"]["data"]
+    assert len(data["metrics"]) == count and len(data["params"]) == count
+
+
+def test_history_pages_with_explicit_page_size(get, team, member):
+    run = run_create(team=team, user=member, name="paged")
+    # Same step twice with different timestamps: order is (step, timestamp).
+    run_log_batch(run=run, metrics=[MetricPoint("x", s, s // 2, 100 - s) for s in range(25)])
+    seen, token = [], None
+    for _ in range(10):
+        params = {"run_id": run.external_id, "metric_key": "x", "max_results": 4}
+        if token:
+            params["page_token"] = token
+        body = get("metrics/get-history", params).json()
+        assert len(body["metrics"]) <= 4
+        seen += [(m["step"], m["timestamp"]) for m in body["metrics"]]
+        token = body.get("next_page_token")
+        if not token:
+            break
+    assert seen == sorted((s // 2, 100 - s) for s in range(25))
+    bad = get("metrics/get-history", {"run_id": run.external_id, "metric_key": "x", "page_token": "garbage"})
+    assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    zero = get("metrics/get-history", {"run_id": run.external_id, "metric_key": "x", "max_results": 0})
+    assert zero.status_code == 400
+
+
+def test_update_run_and_delete_restore(post, get, team, member):
+    run = run_create(team=team, user=member, name="r")
+    response = post("runs/update", {"run_id": run.external_id, "status": "KILLED", "end_time": 1_700_000_000_000,
+                                    "run_name": "renamed"})
+    info = response.json()["run_info"]
+    assert (info["status"], info["end_time"], info["run_name"]) == ("KILLED", 1_700_000_000_000, "renamed")
+    assert post("runs/update", {"run_id": run.external_id, "status": "DONE"}).json()["error_code"] == (
+        "INVALID_PARAMETER_VALUE"
+    )
+    assert post("runs/delete", {"run_id": run.external_id}).status_code == 200
+    assert post("runs/search", {}).json() == {"runs": []}
+    deleted = post("runs/search", {"run_view_type": "DELETED_ONLY"}).json()["runs"]
+    assert [r["info"]["lifecycle_stage"] for r in deleted] == ["deleted"]
+    blocked = post("runs/log-metric", {"run_id": run.external_id, "key": "a", "value": 1, "timestamp": 1})
+    assert blocked.status_code == 400 and "active" in blocked.json()["message"]
+    assert post("runs/restore", {"run_id": run.external_id}).status_code == 200
+    assert len(post("runs/search", {}).json()["runs"]) == 1
+
+
+def test_search_filter_errors_are_clear(post):
+    for bad in ("metrics.acc >", "metrics.acc > 1 or params.a = 'b'", "foo.bar = 'x'", "nonsense = 'x'",
+                "params.lr = 0.1", "metrics.acc LIKE 'x'"):
+        response = post("runs/search", {"filter": bad})
+        assert response.status_code == 400, bad
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE" and response.json()["message"]
+
+
+def test_malformed_body_and_wrong_method(client, auth, post):
+    response = client.post(f"{API}/runs/create", data="{nope", content_type="application/json", **auth)
+    assert response.status_code == 400 and response.json()["error_code"] == "BAD_REQUEST"
+    response = client.get(f"{API}/runs/create", **auth)
+    assert response.status_code == 404 and response.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    assert post("runs/create", {"run_name": "a", "tags": [{"key": "mlflow.runName", "value": "b"}]}).status_code == 400
