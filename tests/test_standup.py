@@ -335,8 +335,11 @@ def test_page_renders_sections_for_member(recent_window, board, member, client_f
     response = client_for(member).get(reverse("standup", args=[recent_window.slug]))
     assert response.status_code == 200
     html = response.content.decode()
-    for text in ("Tenure buckets", "seed-1", "seed-2-oom", "Still running", "Stuck cards",
-                 "Columns over their WIP limit", "Runs not linked to any card", 'class="su-move"', "Add a learning note"):
+    expected = (
+        "Tenure buckets", "seed-1", "seed-2-oom", "Still running", "Stuck cards", "Columns over their WIP limit",
+        "Runs not linked to any card", 'class="su-move"', "Add a learning note",
+    )
+    for text in expected:
         assert text in html, text
     assert reverse("standup_sparkline", args=[recent_window.slug, hyp.pk]) in html
     assert "plotly/plotly.min.js" in html  # loaded lazily by standup.js, not by a script tag
