@@ -50,10 +50,11 @@ def test_unauthenticated_gets_401_json(db, url):
     assert response["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_teams_lists_only_mine_with_role(api_for, member, team, other_team, outsider):
+def test_teams_lists_only_mine_with_role(api_for, member, manager, viewer, team, other_team, outsider):
     response = api_for(member).get("/api/teams/")
     assert response.status_code == 200
     assert [(t["slug"], t["role"]) for t in response.json()["results"]] == [("vision", "member")]
+    assert [t["role"] for t in api_for(viewer).get("/api/teams/").json()["results"]] == ["viewer"]
 
 
 def test_team_detail_has_members_and_hides_other_teams(api_for, member, manager, viewer, team, other_team):
@@ -376,3 +377,18 @@ def test_board_list_query_count_is_constant(api_for, member, team, django_assert
     with django_assert_num_queries(3):
         response = client.get("/api/boards/")
     assert response.json()["count"] == n
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_team_list_query_count_is_constant(api_for, member, make_user, django_assert_num_queries, n):
+    from experiments.services.boards import membership_set, team_create
+
+    for i in range(n):
+        extra = team_create(name=f"T{i}", slug=f"t{i}")
+        membership_set(team=extra, user=member, role="member")
+        membership_set(team=extra, user=make_user(f"u{i}"), role="viewer")
+    client = api_for(member)
+    # count, page
+    with django_assert_num_queries(2):
+        response = client.get("/api/teams/")
+    assert response.json()["count"] == n + 1  # plus the member fixture's own team
