@@ -13,4 +13,5 @@ urlpatterns = [
     path("", include("experiments.web.urls_reports")),
     path("", include("experiments.web.urls_maturity")),
     path("", include("experiments.web.urls_account")),
+    path("", include("experiments.web.urls_team")),
 ]
