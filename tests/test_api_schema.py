@@ -88,3 +88,9 @@ def test_non_numeric_id_is_json_404(member):
     response = client.get("/api/cards/abc/")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_api_index_lists_resources_and_docs(db):
+    body = APIClient().get("/api/").json()
+    assert body["docs"].endswith("/api/docs/") and body["schema"].endswith("/api/schema/")
+    assert set(body["resources"]) == {"teams", "boards", "cards", "runs", "links", "tokens"}

@@ -459,7 +459,23 @@ class TokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, ScopedViewSe
         token_revoke(token=instance)
 
 
-# --- Unknown API paths -----------------------------------------------------------------------------
+# --- Index and unknown API paths -----------------------------------------------------------------------------
+
+
+API_RESOURCES = ("teams", "boards", "cards", "runs", "links", "tokens")
+
+
+def api_index(request: HttpRequest) -> JsonResponse:
+    """Where to start: the resources, the OpenAPI schema and the interactive docs."""
+    base = request.build_absolute_uri("/api/")
+    return JsonResponse(
+        {
+            "docs": base + "docs/",
+            "schema": base + "schema/",
+            "authentication": "Session cookie, or 'Authorization: Bearer <token>' (Account > API tokens).",
+            "resources": {name: f"{base}{name}/" for name in API_RESOURCES},
+        }
+    )
 
 
 def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
