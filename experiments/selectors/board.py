@@ -245,17 +245,15 @@ class QuickView:
 
 
 def card_quick_view(*, card: Card, events: int = 8, runs: int = 5) -> QuickView:
-    card = (
-        card_queryset(card.board)
-        .select_related("column", "created_by", "owner", "parent__parent")
-        .get(pk=card.pk)
-    )
+    board = card.board
+    card = card_queryset(board).select_related("column", "created_by").get(pk=card.pk)
+    card.board = board
     recent_events = list(
         CardEvent.objects.filter(card=card)
         .select_related("actor", "from_column", "to_column")
         .order_by("-created_at", "-id")[:events]
     )
-    children = list(card.children.order_by("number").only("id", "key", "title", "kind", "verdict"))
+    children = list(card.children.order_by("number"))
     recent_runs = list(
         Run.objects.filter(card_links__card=card).order_by("-start_time", "-id").only(
             "id", "name", "external_id", "status", "start_time"
@@ -267,7 +265,7 @@ def card_quick_view(*, card: Card, events: int = 8, runs: int = 5) -> QuickView:
         children=children,
         runs=recent_runs,
         run_count=card.run_count,  # type: ignore[attr-defined]
-        columns=list(card.board.columns.order_by("position", "id")),
+        columns=list(board.columns.order_by("position", "id")),
     )
 
 

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
 from ..errors import DomainError
-from ..models import Board, Column, Membership, Role, Stage, Team, User
+from ..models import Board, Column, Membership, Role, Stage, Team, User, key_validator
 
 DEFAULT_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("Backlog", Stage.BACKLOG, None),
@@ -71,6 +71,8 @@ def board_create(
         errors["name"] = "Give the board a name."
     if not key:
         errors["key"] = "Give the board a key, e.g. CHURN; card keys start with it."
+    elif not key_validator.regex.match(key):
+        errors["key"] = str(key_validator.message)
     elif Board.objects.filter(team=team, key=key).exists():
         errors["key"] = f"This team already has a board with key {key}."
     if errors:
