@@ -121,6 +121,18 @@ def test_token_writes_need_no_csrf_and_default_team_is_used(member, team, other_
     assert response.json()["team"] == "rivals"
 
 
+def test_default_team_left_since_token_creation_is_a_clear_400(member, team, other_team):
+    from experiments.models import Membership
+    from experiments.services.boards import membership_set
+
+    membership_set(team=other_team, user=member, role="member")
+    _, secret = token_create(user=member, name="trainer", team=other_team)
+    Membership.objects.filter(user=member, team=other_team).delete()
+    response = bearer(secret).post("/api/runs/", {"name": "x"}, format="json")
+    assert response.status_code == 400
+    assert "no longer one of your teams" in response.json()["error"]["message"]
+
+
 def test_viewer_token_cannot_write(viewer, team):
     _, secret = token_create(user=viewer, name="ro", team=team)
     response = bearer(secret).post("/api/runs/", {"team": "vision"}, format="json")

@@ -510,7 +510,11 @@ class RunCreateSerializer(StrictSerializer):
             if team is None:
                 raise serializers.ValidationError({"team": f"You are not a member of a team '{attrs['team']}'."})
         elif isinstance(request.auth, ApiToken) and request.auth.team_id is not None:
-            team = request.auth.team
+            team = teams.filter(pk=request.auth.team_id).first()
+            if team is None:
+                raise serializers.ValidationError(
+                    {"team": "This token's default team is no longer one of your teams; give the team slug."}
+                )
         else:
             mine = list(teams[:2])
             if len(mine) != 1:
