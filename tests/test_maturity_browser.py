@@ -39,9 +39,9 @@ def test_overview_draws_both_heatmaps_with_hatched_insufficient_cells(page, logi
     assert evidence.locator("g.hm").count() == 1  # the heatmap trace
     assert evidence.locator("pattern").count() >= 1  # hatching for insufficient evidence
     assert "insufficient" in evidence.inner_text()
-    # Self-assessed 5 everywhere but no automation in the runs: flagged as a gap with a red outline.
+    # Self-assessed 5 everywhere but no automation in the runs: flagged as a gap with a dark outline.
     assert page.locator("table.mgaps tbody tr").count() >= 1
-    assert evidence.locator("path[style*='rgb(180, 35, 24)']").count() >= 1
+    assert evidence.locator("path[style*='rgb(17, 24, 39)']").count() >= 1
     assert page.locator(".mlevel").count() == 2
 
 

@@ -21,7 +21,7 @@ from ..services.maturity import AnswersError, maturity_assessment_submit, maturi
 
 COLORSCALE = [[0.0, "#c0362c"], [0.5, "#f2b441"], [1.0, "#12805c"]]
 EMPTY_CELL = "#eef0f3"
-GAP_LINE = "#b42318"
+GAP_LINE = "#111827"  # dark outline shows on red and green cells alike
 
 
 # --- Figures (plain dicts for Plotly.newPlot) -----------------------------------------------------
@@ -89,7 +89,7 @@ def heatmap_figure(
                       "tickangle": -30, "showgrid": False, "zeroline": False, "range": [-.5, len(attrs) - .5],
                       "fixedrange": True},
             "yaxis": {"tickvals": list(range(len(stages))), "ticktext": [mm.STAGE_LABELS[s] for s in stages],
-                      "autorange": "reversed", "showgrid": False, "zeroline": False, "fixedrange": True},
+                      "range": [len(stages) - .5, -.5], "showgrid": False, "zeroline": False, "fixedrange": True},
             "annotations": annotations, "shapes": shapes,
         },
     }
