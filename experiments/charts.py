@@ -34,10 +34,10 @@ def _base_layout(**extra: Any) -> dict[str, Any]:
         font=FONT,
         paper_bgcolor="#ffffff",
         plot_bgcolor="#ffffff",
-        margin=dict(l=56, r=16, t=12, b=40),
+        margin=dict(l=56, r=16, t=30, b=44),
         height=300,
         showlegend=True,
-        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0, font=dict(size=11)),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, font=dict(size=11), bgcolor="rgba(0,0,0,0)"),
     )
     layout.update(extra)
     return layout
@@ -162,7 +162,7 @@ def parallel_coordinates(*, comparison: Comparison, color_metric: str | None = N
             tickfont=dict(size=10),
         )
     )
-    fig.update_layout(_base_layout(height=420, margin=dict(l=90, r=70, t=70, b=24), showlegend=False))
+    fig.update_layout(_base_layout(height=420, margin=dict(l=110, r=70, t=70, b=24), showlegend=False))
     return fig
 
 

@@ -29,6 +29,7 @@ from ..models import (
     VerdictProposal,
     VerdictStatus,
 )
+from ..services.runs import SEED_KEYS
 from .metrics import format_value
 
 DEFAULT_SORT = "-start"
@@ -322,8 +323,9 @@ class CardPage:
 
 
 def _key_param_names(param_maps: Sequence[dict[str, str]]) -> list[str]:
-    """Params worth a column: those that vary across the runs (all of them if only one run)."""
-    keys = sorted({k for m in param_maps for k in m})
+    """Params worth a column: those that vary across the runs (the first few if only one run)."""
+    # Seeds already have their own column.
+    keys = sorted({k for m in param_maps for k in m} - set(SEED_KEYS))
     if len(param_maps) < 2:
         return keys[:MAX_KEY_PARAMS]
     varying = [k for k in keys if len({m.get(k) for m in param_maps}) > 1]
