@@ -24,6 +24,11 @@ class OwnerChoiceField(forms.ModelChoiceField):
         return f"{obj} (@{obj.username})" if str(obj) != obj.username else obj.username
 
 
+class ColumnChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Column) -> str:
+        return obj.name
+
+
 class ParentChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Card) -> str:
         return f"{obj.key} · {obj.get_kind_display()} · {obj.title}"
@@ -48,7 +53,7 @@ class CardForm(forms.Form):
         help_text="Comma-separated, e.g. features, xgboost",
         widget=forms.TextInput(attrs={"placeholder": "features, xgboost"}),
     )
-    column = forms.ModelChoiceField(queryset=Column.objects.none(), required=False, empty_label=None)
+    column = ColumnChoiceField(queryset=Column.objects.none(), required=False, empty_label=None)
     version = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, board: Board, card: Card | None = None, **kwargs: Any) -> None:

@@ -101,12 +101,14 @@
     } catch (err) {
       return { ok: false, error: "The server could not be reached, so the move was not saved. Try again." };
     }
-    try {
-      const data = await response.json();
-      return response.ok ? data : { ...data, ok: false };
-    } catch (err) {
-      return { ok: false, error: `The move was not saved (server answered ${response.status}). Reload and try again.` };
+    const isJson = (response.headers.get("Content-Type") || "").includes("application/json");
+    if (!isJson) {
+      // A login page after a redirect means the session expired; anything else is a server fault.
+      const why = response.redirected ? "your session has expired" : `the server answered ${response.status}`;
+      return { ok: false, error: `The move was not saved: ${why}. Reload the page and try again.` };
     }
+    const data = await response.json();
+    return response.ok ? data : { ...data, ok: false };
   }
 
   /* Send the card's new place; on any failure put it back where it was and say why. */
