@@ -348,7 +348,14 @@ def test_quick_view_shows_fields_events_and_full_card_link(client_for, member, m
     assert "<time datetime=" in html
     assert reverse("card_detail", args=[hyp.pk]) in html
     assert "XGB run" in html
-    assert reverse("board_card_edit", args=[board.pk, hyp.pk]) in html
+    assert reverse("board_card_edit", args=[board.pk, hyp.pk]) + "?next=/boards/" in html
+    # Opened from a filtered board, Edit returns to that same filtered board.
+    filtered = client_for(member).get(
+        reverse("board_card_quick", args=[board.pk, hyp.pk]),
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL=f"http://testserver{board_url(board, 'kind=hypothesis&lanes=owner')}",
+    ).content.decode()
+    assert f"?next=/boards/{board.pk}/%3Fkind%3Dhypothesis%26lanes%3Downer" in filtered
     # Without htmx it is a full page.
     page = client_for(member).get(reverse("board_card_quick", args=[board.pk, hyp.pk])).content.decode()
     assert "<html" in page and "Tenure lifts AUC" in page

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -166,8 +167,25 @@ def _target_index(request: HttpRequest, column: Column, card: Card) -> int | Non
 # --- Quick view and flag ------------------------------------------------------------------------
 
 
+def _board_back_url(request: HttpRequest, board: Board) -> str:
+    """The board URL the quick view was opened from, filters included, so Edit comes back to it."""
+    default = reverse("board", args=[board.pk])
+    current = request.htmx.current_url if getattr(request, "htmx", None) else None
+    if current:
+        parts = urlsplit(current)
+        if parts.path == default and parts.query:
+            return f"{default}?{parts.query}"
+    return default
+
+
 def _quick_context(request: HttpRequest, board: Board, card: Card, membership: Membership) -> dict[str, Any]:
-    return {"board": board, "team": board.team, "quick": card_quick_view(card=card), **_roles(membership)}
+    return {
+        "board": board,
+        "team": board.team,
+        "quick": card_quick_view(card=card),
+        "back_url": _board_back_url(request, board),
+        **_roles(membership),
+    }
 
 
 @require_GET

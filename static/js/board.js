@@ -370,6 +370,19 @@
     persist(card, from);
   });
 
+  // Shareable filter URLs: leave out empty filters and the default "no swimlanes".
+  document.addEventListener("htmx:configRequest", (event) => {
+    const form = event.detail.elt;
+    if (!form || !form.classList || !form.classList.contains("board-toolbar")) return;
+    const params = event.detail.parameters;
+    for (const name of ["q", "kind", "owner", "tag", "lanes"]) {
+      const value = params.get ? params.get(name) : params[name];
+      if (value === "" || (name === "lanes" && value === "none")) {
+        if (params.delete) params.delete(name); else delete params[name];
+      }
+    }
+  });
+
   // The filter form lives outside the swapped region; keep the quick view when filters change.
   document.addEventListener("htmx:afterSwap", (event) => {
     if (event.detail && event.detail.target && event.detail.target.id === "quick-view") {
