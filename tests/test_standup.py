@@ -549,3 +549,16 @@ def test_override_verdict_from_the_page(recent_window, board, member, client_for
     assert (proposal.status, proposal.decided, proposal.note) == (
         VerdictStatus.OVERRIDDEN, VerdictChoice.INCONCLUSIVE, "Leak found."
     )
+
+
+def test_long_sections_show_the_first_cards_and_a_show_all_link(recent_window, board, member, client_for,
+                                                                 monkeypatch):
+    monkeypatch.setattr("experiments.web.standup_views.CARDS_PER_SECTION", 2)
+    for i in range(3):
+        add_run(recent_window, hypothesis(board, f"card {i}", owner=member), value=0.8)
+    url = reverse("standup", args=[recent_window.slug])
+    html = client_for(member).get(url).content.decode()
+    assert html.count('<article class="su-card') == 2
+    assert "Showing 2 of 3 cards." in html and "all=1#finished" in html
+    html = client_for(member).get(url, {"all": "1"}).content.decode()
+    assert html.count('<article class="su-card') == 3 and "Showing 2 of 3" not in html

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
+from django.db.models import Count, F, Max, Q, QuerySet
 from django.utils import timezone
 
 from .. import stats as stats_lib
@@ -327,7 +327,7 @@ def _runs_in_window(*, team: Team, board: Board | None, start: dt.datetime, end:
     active = Q(status__in=ACTIVE_STATUSES, start_time__lt=end)
     runs = Run.objects.filter(team=team, lifecycle_stage="active").filter(in_window | active)
     if board is not None:
-        runs = runs.filter(Exists(CardRun.objects.filter(run=OuterRef("pk"), card__board=board)))
+        runs = runs.filter(pk__in=CardRun.objects.filter(card__board=board).values("run_id"))
     return runs
 
 
@@ -358,8 +358,8 @@ def card_metric_stats(
 ) -> tuple[dict[int, CardStats], dict[int, dict[int, tuple[float, bool]]]]:
     """Mean ± std of each card's hypothesis metric over its finished runs, and its baseline.
 
-    Two queries for any number of cards. Returns the stats per card id and, per card, the metric
-    value of each of its runs ({run_id: (value, is_nan)}) so chips can show them.
+    Two queries for any number of cards (three if some card has a baseline_run). Returns the stats per
+    card id and, per card, the metric value of each of its runs ({run_id: (value, is_nan)}) so chips can show them.
     """
     cards = list(cards)
     keyed = {c.pk: _metric_of(c) for c in cards}
@@ -367,17 +367,32 @@ def card_metric_stats(
     if not keys:
         return {}, {}
     card_ids = [c.pk for c in cards if keyed[c.pk][0]]
-    finished_links = CardRun.objects.filter(card_id__in=card_ids, run__status=RunStatus.FINISHED)
-    links = list(finished_links.values_list("card_id", "run_id", "is_baseline", "run__end_time"))
-    baseline_runs = {c.pk: c.baseline_run_id for c in cards if c.baseline_run_id}
-    run_ids = {run_id for _, run_id, _, _ in links} | set(baseline_runs.values())
-    metric_rows = LatestMetric.objects.filter(
-        Q(run_id__in=finished_links.values("run_id")) | Q(run_id__in=list(baseline_runs.values())),
-        key__in=keys,
-    ).values_list("run_id", "key", "value", "is_nan")
+    # Links first (driven by the card index), then latest metrics of those runs through an IN
+    # subquery on the (key, run) index. Run status is filtered here in Python: with a status
+    # condition in SQL, SQLite starts from the status index and probes every card per run.
+    card_links = CardRun.objects.filter(card_id__in=card_ids)
+    links = [
+        (card_id, run_id, is_baseline, end_time)
+        for card_id, run_id, is_baseline, status, end_time in card_links.values_list(
+            "card_id", "run_id", "is_baseline", "run__status", "run__end_time"
+        )
+        if status == RunStatus.FINISHED
+    ]
+    finished = {run_id for _, run_id, _, _ in links}
     metrics: dict[tuple[int, str], tuple[float, bool]] = {
-        (run_id, key): (value, is_nan) for run_id, key, value, is_nan in metric_rows if run_id in run_ids
+        (run_id, key): (value, is_nan)
+        for run_id, key, value, is_nan in LatestMetric.objects.filter(
+            key__in=keys, run_id__in=card_links.values("run_id")
+        ).values_list("run_id", "key", "value", "is_nan")
+        if run_id in finished
     }
+    # A card's baseline_run is usually not linked to it; fetch those few values (no query if none).
+    baseline_runs = [c.baseline_run_id for c in cards if c.baseline_run_id and keyed[c.pk][0]]
+    if baseline_runs:
+        for run_id, key, value, is_nan in LatestMetric.objects.filter(
+            run_id__in=baseline_runs, key__in=keys, run__status=RunStatus.FINISHED
+        ).values_list("run_id", "key", "value", "is_nan"):
+            metrics[(run_id, key)] = (value, is_nan)
     stats: dict[int, CardStats] = {}
     per_run: dict[int, dict[int, tuple[float, bool]]] = defaultdict(dict)
     baseline_values: dict[int, list[float]] = defaultdict(list)
@@ -495,6 +510,10 @@ def standup_overview(
         return sorted(result, key=_owner_sort)
 
     finished, failed, running = groups("finished"), groups("failed"), groups("running")
+    # Runs shown in each section (a run linked to two cards is counted once).
+    linked_counts = {
+        section: len({r.id for rows in grouped[section].values() for r in rows}) for section in grouped
+    }
 
     unlinked_all: list[RunRow] = []
     if board is None:
@@ -528,6 +547,7 @@ def standup_overview(
     for group in (*finished, *failed, *running, *stuck):
         group.columns = columns_by_board.get(group.card.board_id, [])
     counts.update(
+        {f"{section}_linked": n for section, n in linked_counts.items()},
         proposals=len(proposals), stuck=len(stuck), wip_over=len(wip_over), unlinked=len(unlinked_all)
     )
     return StandupData(
