@@ -84,6 +84,8 @@ def metric_chart(
     fig.update_layout(
         _base_layout(
             hovermode="closest",
+            showlegend=len(series) > 1,
+            margin=dict(l=56, r=16, t=30 if len(series) > 1 else 10, b=44),
             shapes=shapes,
             annotations=annotations,
             xaxis=dict(title=dict(text="step", font=dict(size=11)), gridcolor=GRID, zeroline=False,

@@ -511,3 +511,23 @@ def test_run_list_counts_runs_not_rows(client_for, member, team, board):
     response = client_for(member).get(reverse("runs", args=[team.slug]))
     assert _names(response) == ["shared"]
     assert Run.objects.filter(team=team).count() == 1
+
+
+def test_baseline_toggle_and_unlink_re_judge_the_hypothesis(
+    client_for, member, hypothesis, proposed, django_capture_on_commit_callbacks
+):
+    client = client_for(member)
+    run_ids = list(CardRun.objects.filter(card=hypothesis).order_by("run_id").values_list("run_id", flat=True))
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("card_run_baseline", args=[hypothesis.pk, run_ids[0]]), {"baseline": "1"})
+    proposed.refresh_from_db()
+    assert proposed.status == VerdictStatus.SUPERSEDED
+    latest = VerdictProposal.objects.filter(card=hypothesis).order_by("-id").first()
+    assert latest.status == VerdictStatus.PROPOSED and latest.stats["n"] == 2  # the baseline is not evidence
+    body = client.get(reverse("card_detail", args=[hypothesis.pk])).content.decode()
+    assert re.search(rf"<strong>{member}</strong>\s*marked run \w+ as baseline", body)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("card_run_unlink", args=[hypothesis.pk, run_ids[1]]))
+    newest = VerdictProposal.objects.filter(card=hypothesis).order_by("-id").first()
+    assert newest.pk != latest.pk and newest.stats["n"] == 1

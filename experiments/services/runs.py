@@ -18,9 +18,8 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
@@ -81,8 +80,9 @@ class IngestError(DomainError):
             self.code = "already_exists"
 
 
-@dataclass(frozen=True)
-class MetricPoint:
+class MetricPoint(NamedTuple):
+    """One point to log. A NamedTuple (not a dataclass): batches build thousands of these per request."""
+
     key: str
     value: float
     step: int = 0
@@ -494,17 +494,9 @@ def _insert_rows(table: str, rows: Sequence[tuple], conflict: str) -> int:
 def _insert_rows_postgresql(insert: str, rows: Sequence[tuple], conflict: str) -> int:
     """All points of one run as a single JSON parameter, unpacked by PostgreSQL: one short
     statement whatever the batch size, and json.dumps is far cheaper than adapting thousands
-    of values one by one. Non-finite values travel as text that float8 parses ('Infinity')."""
-    payload = json.dumps(
-        [[r[1], r[2] if math.isfinite(r[2]) else str(r[2]).replace("inf", "Infinity"), r[3], r[4], r[5]] for r in rows],
-        separators=(",", ":"),
-    )
-    select = (
-        "SELECT %s, e->>0, (e->>1)::double precision, (e->>2)::boolean, (e->>3)::bigint, (e->>4)::bigint "
-        "FROM jsonb_array_elements(%s::jsonb) AS e"
-    )
+    of values one by one."""
     with connection.cursor() as cursor:
-        cursor.execute(f"{insert} {select} {conflict}", [rows[0][0], payload])
+        cursor.execute(f"{insert} {_PG_UNPACK} {conflict}", [rows[0][0], _json_rows(rows)])
         return max(cursor.rowcount, 0)
 
 
@@ -520,21 +512,25 @@ def _bulk_insert_metrics(rows: Sequence[tuple]) -> int:
     return _insert_rows(Metric._meta.db_table, rows, "ON CONFLICT DO NOTHING")
 
 
-def _upsert_latest(rows: Sequence[tuple]) -> None:
-    """Latest value per (run, key) in one statement: replace only if the new point is at a higher
-    (step, timestamp), so out-of-order or retried batches never move the latest value back."""
-    if connection.vendor not in ("postgresql", "sqlite"):
-        _latest_update_orm(rows)
-        return
+def _latest_conflict() -> str:
+    """Replace the latest value only for a point at a higher (step, timestamp), so out-of-order or
+    retried batches never move it back."""
     qn = connection.ops.quote_name
     table = qn(LatestMetric._meta.db_table)
     updates = ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in ("value", "is_nan", "step", "timestamp"))
-    conflict = (
+    return (
         f"ON CONFLICT ({qn('run_id')}, {qn('key')}) DO UPDATE SET {updates} "
         f"WHERE (excluded.{qn('step')}, excluded.{qn('timestamp')}) "
         f">= ({table}.{qn('step')}, {table}.{qn('timestamp')})"
     )
-    _insert_rows(LatestMetric._meta.db_table, rows, conflict)
+
+
+def _upsert_latest(rows: Sequence[tuple]) -> None:
+    """Latest value per (run, key) in one statement."""
+    if connection.vendor not in ("postgresql", "sqlite"):
+        _latest_update_orm(rows)
+        return
+    _insert_rows(LatestMetric._meta.db_table, rows, _latest_conflict())
 
 
 def _latest_update_orm(rows: Sequence[tuple]) -> None:
@@ -559,9 +555,41 @@ def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
     rows, latest = _metric_rows(run, points)
     if not rows:
         return 0
+    if connection.vendor == "postgresql":
+        return _log_metrics_postgresql(list(rows), list(latest.values()))
     added = _bulk_insert_metrics(list(rows))
     _upsert_latest(list(latest.values()))
     return added
+
+
+def _json_rows(rows: Sequence[tuple]) -> str:
+    # Non-finite values travel as text that float8 parses ('Infinity'); NaN is already is_nan + 0.
+    return json.dumps(
+        [[r[1], r[2] if math.isfinite(r[2]) else str(r[2]).replace("inf", "Infinity"), r[3], r[4], r[5]] for r in rows],
+        separators=(",", ":"),
+    )
+
+
+_PG_UNPACK = (
+    "SELECT %s, e->>0, (e->>1)::double precision, (e->>2)::boolean, (e->>3)::bigint, (e->>4)::bigint "
+    "FROM jsonb_array_elements(%s::jsonb) AS e"
+)
+
+
+def _log_metrics_postgresql(rows: Sequence[tuple], latest: Sequence[tuple]) -> int:
+    """Points and latest values in ONE statement (a data-modifying CTE): one round trip per batch."""
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(c) for c in _METRIC_COLUMNS)
+    metric, latest_table = qn(Metric._meta.db_table), qn(LatestMetric._meta.db_table)
+    sql = (
+        f"WITH added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK} ON CONFLICT DO NOTHING RETURNING 1), "
+        f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK} {_latest_conflict()}) "
+        "SELECT count(*) FROM added"
+    )
+    run_id = rows[0][0]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [run_id, _json_rows(rows), run_id, _json_rows(latest)])
+        return cursor.fetchone()[0]
 
 
 @transaction.atomic
@@ -630,9 +658,20 @@ def run_log_batch(
     if tag_map:
         _set_tags(run=run, tags=tag_map)
     else:
-        # Keep "last activity" right for the runs list without re-saving the whole row.
-        Run.objects.filter(pk=run.pk).update(updated_at=timezone.now())
+        _touch(run)
     return added
+
+
+TOUCH_EVERY_SECONDS = 10
+
+
+def _touch(run: Run) -> None:
+    """Keep the run's last activity roughly right for the runs list without writing the row on
+    every batch (a training loop may send several batches a second)."""
+    now = timezone.now()
+    if run.updated_at is None or (now - run.updated_at).total_seconds() >= TOUCH_EVERY_SECONDS:
+        Run.objects.filter(pk=run.pk).update(updated_at=now)
+        run.updated_at = now
 
 
 def _pairs_to_map(items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None, *, what: str) -> dict[str, Any]:
@@ -687,6 +726,12 @@ def card_link_run(
     if not created and link.is_baseline != is_baseline and via == LinkVia.MANUAL:
         link.is_baseline = is_baseline
         link.save(update_fields=["is_baseline"])
+        # The run moved between evidence and baseline: record who did it and re-judge the hypothesis.
+        event_record(
+            card=card, kind=EventKind.EDITED, actor=actor,
+            data={"changed": {"baseline": [not is_baseline, is_baseline]}, "run": run.external_id, "run_id": run.pk},
+        )
+        _reevaluate_verdict(card)
     if created:
         event_record(
             card=card, kind=EventKind.LINKED, actor=actor,
@@ -702,6 +747,16 @@ def card_unlink_run(*, card: Card, run: Run, actor: User | None) -> None:
     deleted, _ = CardRun.objects.filter(card=card, run=run).delete()
     if deleted:
         event_record(card=card, kind=EventKind.UNLINKED, actor=actor, data={"run": run.external_id, "run_id": run.pk})
+        _reevaluate_verdict(card)
+
+
+def _reevaluate_verdict(card: Card) -> None:
+    """Evidence changed by hand (unlink, baseline toggle): a pending proposal may be stale."""
+    hypothesis = card if card.kind == CardKind.HYPOTHESIS else _hypothesis_of(card)
+    if hypothesis is not None:
+        from ..tasks import enqueue_verdict_evaluation
+
+        enqueue_verdict_evaluation(hypothesis.pk)
 
 
 def _on_status(*, run: Run, previous: str | None) -> None:

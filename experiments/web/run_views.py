@@ -325,6 +325,10 @@ def _event_view(event: CardEvent) -> dict[str, Any]:
         dst = event.to_column.name if event.to_column else (event.to_stage or "?")
         text = f"moved it from {src} to {dst}"
         detail = data.get("reason", "")
+    elif kind == EventKind.EDITED and "baseline" in (data.get("changed") or {}) and data.get("run"):
+        now_baseline = data["changed"]["baseline"][1]
+        verb = "marked" if now_baseline else "unmarked"
+        text = f"{verb} run {data['run'][:12]} as baseline"
     elif kind == EventKind.EDITED:
         changed = sorted((data.get("changed") or {}).keys())
         text = f"edited {', '.join(f.replace('_', ' ') for f in changed)}" if changed else "edited the card"
