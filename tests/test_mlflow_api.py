@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import connection
 
 from experiments.models import LatestMetric, Metric, Run
 from experiments.services.runs import MetricPoint, run_create, run_log_batch, tracking_experiment_get_or_create
@@ -64,9 +65,9 @@ def _batch(run_id: str, n: int, *, offset: int = 0) -> dict:
 @pytest.mark.parametrize("size", [100, 200])
 def test_log_batch_query_count_is_constant(post, team, member, django_assert_num_queries, size):
     run = run_create(team=team, user=member, name="bench")
-    # token, membership, run; then savepoint, params insert + check, metrics insert, latest upsert,
-    # run lock + save for the tags, release.
-    with django_assert_num_queries(11):
+    # token, membership, run; then savepoint, params insert + check, points insert and latest upsert
+    # (one statement on PostgreSQL), run lock + save for the tags, release.
+    with django_assert_num_queries(10 if connection.vendor == "postgresql" else 11):
         response = post("runs/log-batch", _batch(run.external_id, size))
     assert response.status_code == 200, response.content
     assert Metric.objects.filter(run=run).count() == size
@@ -77,8 +78,9 @@ def test_log_batch_query_count_is_constant(post, team, member, django_assert_num
 def test_metrics_only_batch_query_count(post, team, member, django_assert_num_queries, size):
     run = run_create(team=team, user=member, name="bench")
     payload = {"run_id": run.external_id, "metrics": _batch(run.external_id, size)["metrics"]}
-    # token, membership, run; savepoint, metrics insert, latest upsert, run touch, release.
-    with django_assert_num_queries(8):
+    # token, membership, run; savepoint, points insert, latest upsert (one statement on PostgreSQL),
+    # release. The run was touched just now, so its last-activity time is not rewritten.
+    with django_assert_num_queries(6 if connection.vendor == "postgresql" else 7):
         assert post("runs/log-batch", payload).status_code == 200
     assert Metric.objects.filter(run=run).count() == size
 

@@ -186,3 +186,18 @@ def test_cards_of_other_teams_are_never_linked(team, other_team, member, outside
     card = card_create(board=theirs, kind="hypothesis", title="Secret", actor=outsider)
     run = run_create(team=team, user=member, tags={"mlboard.card": card.key})
     assert not CardRun.objects.filter(run=run).exists()
+
+
+def test_batches_touch_last_activity_at_most_every_few_seconds(run):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stale = timezone.now() - timedelta(minutes=5)
+    Run.objects.filter(pk=run.pk).update(updated_at=stale)
+    run.refresh_from_db()
+    run_log_batch(run=run, metrics=[MetricPoint("a", 1.0, 0, 1)])
+    touched = Run.objects.get(pk=run.pk).updated_at
+    assert touched > stale
+    run_log_batch(run=run, metrics=[MetricPoint("a", 2.0, 1, 2)])
+    assert Run.objects.get(pk=run.pk).updated_at == touched
