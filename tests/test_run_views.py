@@ -531,3 +531,14 @@ def test_baseline_toggle_and_unlink_re_judge_the_hypothesis(
         client.post(reverse("card_run_unlink", args=[hypothesis.pk, run_ids[1]]))
     newest = VerdictProposal.objects.filter(card=hypothesis).order_by("-id").first()
     assert newest.pk != latest.pk and newest.stats["n"] == 1
+
+
+def test_unknown_metric_column_is_reported_by_its_label(client_for, member, team):
+    make_run(team, member, "alpha")
+    body = client_for(member).get(reverse("runs", args=[team.slug]), {"col": "nope"}).content.decode()
+    assert "<strong>Metric columns:</strong> Select a valid choice. nope is not one of the available choices." in body
+    assert _names_from(body) == ["alpha"]
+
+
+def _names_from(body: str) -> list[str]:
+    return re.findall(r'href="/runs/\d+/">([^<]+)</a>', body)

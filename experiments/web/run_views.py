@@ -88,13 +88,13 @@ def _can_edit(membership: Membership) -> bool:
 
 class RunFilterForm(forms.Form):
     q = forms.CharField(required=False, max_length=200, label="Search")
-    status = forms.MultipleChoiceField(choices=RunStatus.choices, required=False)
-    user = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
-    experiment = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+    status = forms.MultipleChoiceField(choices=RunStatus.choices, required=False, label="Status")
+    user = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="User")
+    experiment = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="Experiment")
     card = forms.CharField(required=False, max_length=24, label="Card")
     date_from = forms.DateField(required=False, label="Started from")
     date_to = forms.DateField(required=False, label="Started until")
-    sort = forms.CharField(required=False, max_length=260)
+    sort = forms.CharField(required=False, max_length=260, label="Sort")
     col = forms.MultipleChoiceField(required=False, label="Metric columns")
 
     def __init__(self, *args: Any, users: list, experiments: list, metric_keys: list[str], **kwargs: Any) -> None:
@@ -164,6 +164,11 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
         "team": team,
         "membership": membership,
         "form": form,
+        "filter_errors": [
+            (form.fields[name].label or name.capitalize() if name in form.fields else "", message)
+            for name, errors in form.errors.items()
+            for message in errors
+        ],
         "filters": filters,
         "rows": rows,
         "page": page,
