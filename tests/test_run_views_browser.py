@@ -67,10 +67,17 @@ def test_card_page_renders_lazy_plotly_charts(page, login, live_server, member, 
     _hypothesis, experiment, runs, _spare = card_with_runs
     chart_requests: list[str] = []
     page.on("request", lambda request: chart_requests.append(request.url) if "metrics.json" in request.url else None)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     login(member)
+    page.set_viewport_size({"width": 1400, "height": 500})  # charts start well below the fold
     page.goto(f"{live_server.url}/cards/{experiment.pk}/")
+    page.wait_for_load_state("networkidle")
     assert page.locator("h1").inner_text() == "GBM + tenure buckets, 3 seeds"
     assert page.locator("table.linked-runs tbody tr").count() == 3
+    # Lazy: nothing fetched, and plotly.js not even loaded, until a chart scrolls into view.
+    assert chart_requests == []
+    assert page.evaluate("typeof window.Plotly") == "undefined"
 
     chart = page.locator(".chart[data-chart-src*='val_auc']")
     chart.scroll_into_view_if_needed()
@@ -87,6 +94,19 @@ def test_card_page_renders_lazy_plotly_charts(page, login, live_server, member, 
     page.wait_for_selector(".chart[data-chart-src*='train_loss'].js-plotly-plot .scatterlayer .trace")
     # The NaN point arrives as a gap (null), never as a number.
     assert loss.evaluate("el => el.data.some(t => t.y.some(v => v === null))")
+    # Smoothing redraws the downsampled points client-side (gaps stay gaps); log scale toggles.
+    before = chart.evaluate("el => el.data[0].y.slice(0, 50)")
+    page.locator("[data-smoothing]").fill("0.9")
+    page.wait_for_function(
+        "(b) => { const el = document.querySelector(\".chart[data-chart-src*='val_auc']\");"
+        " return JSON.stringify(el.data[0].y.slice(0, 50)) !== JSON.stringify(b); }",
+        arg=before,
+    )
+    assert loss.evaluate("el => el.data.some(t => t.y.some(v => v === null))")
+    page.locator(".chart-card", has=chart).locator("[data-log-toggle]").click()
+    assert chart.evaluate("el => el.layout.yaxis.type") == "log"
+    assert errors == []
+    page.set_viewport_size({"width": 1400, "height": 900})
     page.locator("#charts-h, .charts-title").first.scroll_into_view_if_needed()
     _shot(page, "card_page")
 
