@@ -220,3 +220,12 @@ def test_page_query_count_is_constant(team, board, client_for, member, django_as
         response = client.get(url, data)
     assert len(baseline.captured_queries) == 8
     assert len(response.context["done_rows"]) == 30
+
+
+def test_long_finished_table_is_capped_with_a_pointer_to_the_csv(team, scenario, client_for, member, monkeypatch):
+    monkeypatch.setattr("experiments.web.report_views.FLOW_TABLE_ROWS", 1)
+    with clock(NOW):
+        response = client_for(member).get(reverse("flow", args=[team.slug]), {"from": "2025-03-03", "to": "2025-03-05"})
+    html = response.content.decode()
+    assert [r["item"].key for r in response.context["done_rows"]] == [scenario["a"].key]  # most recent first
+    assert "The 1 most recent are listed" in html and "for all 2" in html

@@ -326,3 +326,18 @@ def test_page_query_count_is_constant(team, board, client_for, member, django_as
         response = client.get(url, data)
     assert len(baseline.captured_queries) == 9
     assert len(response.context["rows"]) == 30
+
+
+def test_hypothesis_gets_first_signal_from_its_experiments(team, scenario):
+    move(scenario["h2"], Stage.RUNNING, t(4, 7))  # H2 started before E2's run R3 finished at 14:00
+    tue = velocity_report(team=team, params=params_for(team)).rows[1]
+    assert sorted(tue.first_signal_hours) == [6.0, 7.0]
+
+
+def test_decision_latency_uses_the_last_run_before_the_decision(team, scenario):
+    # A run linked to the hypothesis itself ends at 13:00, after E1's R1 (10:00): latency 2 h, not 5 h.
+    run_for(scenario["h1"], team, end=t(3, 13), status=RunStatus.FAILED)
+    # A run that ended after the decision is not evidence for it.
+    run_for(scenario["h1"], team, end=t(3, 16))
+    mon = velocity_report(team=team, params=params_for(team)).rows[0]
+    assert mon.decision_hours == [2.0]

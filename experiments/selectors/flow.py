@@ -30,6 +30,7 @@ from .velocity import (
     ReportParams,
     _iterations_in_range,
     build_periods,
+    count_axis,
     format_hours,
     hours_between,
     layout,
@@ -313,7 +314,7 @@ def flow_figures(report: FlowReport) -> dict[str, Any]:
         figures["throughput"] = {
             "data": [{"type": "bar", "name": "Done", "x": labels, "y": report.throughput,
                       "marker": {"color": "#4f46e5"}}],
-            "layout": layout(yaxis={"title": {"text": "cards done"}}, showlegend=False),
+            "layout": layout(yaxis=count_axis(report.throughput, title={"text": "cards done"}), showlegend=False),
         }
     cycle_items = [i for i in report.done if i.cycle_hours is not None]
     if cycle_items:
@@ -359,7 +360,8 @@ def flow_figures(report: FlowReport) -> dict[str, Any]:
                  "stackgroup": "wip", "line": {"color": STAGE_COLORS[stage]}, "fillcolor": STAGE_COLORS[stage]}
                 for stage in IN_PROGRESS
             ],
-            "layout": layout(yaxis={"title": {"text": "cards in progress"}}, xaxis={"type": "date"}),
+            "layout": layout(yaxis=count_axis(report.wip, title={"text": "cards in progress"}),
+                             xaxis={"type": "date"}),
         }
     if report.in_progress:
         aging = report.aging

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, F, Min, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
@@ -332,16 +332,12 @@ def report_window(params: ReportParams, periods: Sequence[Period]) -> tuple[dt.d
     return min(params.start, periods[0].start), max(params.end, max(p.end for p in periods))
 
 
-def _decided_hypotheses(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
-    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query."""
-    decided = VerdictProposal.objects.filter(
-        card=OuterRef("pk"),
-        status__in=[VerdictStatus.CONFIRMED, VerdictStatus.OVERRIDDEN],
-        decided_at__isnull=False,
-    ).order_by("-decided_at", "-id")
-    evidence = (
+def _last_run_before(link: str) -> Subquery:
+    """End of the last terminal run linked through `link` that ended before the decision.
+    Kept to one indexed join per subquery: an OR across two joins would scan every link per card."""
+    return Subquery(
         Run.objects.filter(
-            Q(card_links__card=OuterRef("pk")) | Q(card_links__card__parent=OuterRef("pk")),
+            **{link: OuterRef("pk")},
             card_links__is_baseline=False,
             status__in=TERMINAL_STATUSES,
             end_time__lte=OuterRef("resolved_at"),
@@ -349,16 +345,33 @@ def _decided_hypotheses(team: Team, params: ReportParams, start: dt.datetime, en
         .order_by("-end_time")
         .values("end_time")[:1]
     )
-    return (
+
+
+def _decided_hypotheses(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query."""
+    decided = VerdictProposal.objects.filter(
+        card=OuterRef("pk"),
+        status__in=[VerdictStatus.CONFIRMED, VerdictStatus.OVERRIDDEN],
+        decided_at__isnull=False,
+    ).order_by("-decided_at", "-id")
+    rows = (
         Card.objects.filter(_card_scope(team, params), kind=CardKind.HYPOTHESIS)
         .annotate(
             resolved_at=Coalesce("decided_at", Subquery(decided.values("decided_at")[:1])),
             resolved_as=Coalesce(NullIf("verdict", Value("")), Subquery(decided.values("decided")[:1])),
         )
         .filter(resolved_at__gte=start, resolved_at__lt=end, resolved_as__in=VerdictChoice.values)
-        .annotate(evidence_at=Subquery(evidence))
-        .values_list("resolved_as", "resolved_at", "evidence_at")
+        .annotate(
+            own_evidence=_last_run_before("card_links__card"),
+            child_evidence=_last_run_before("card_links__card__parent"),
+        )
+        .order_by()
+        .values_list("resolved_as", "resolved_at", "own_evidence", "child_evidence")
     )
+    return [
+        (verdict, decided_at, max((e for e in (own, child) if e is not None), default=None))
+        for verdict, decided_at, own, child in rows
+    ]
 
 
 def _experiments_first_done(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
@@ -383,30 +396,46 @@ def _runs_ended(team: Team, params: ReportParams, start: dt.datetime, end: dt.da
     return runs.values_list("end_time", "status")
 
 
-def _first_signals(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
-    first = (
-        Run.objects.filter(
-            Q(card_links__card=OuterRef("pk")) | Q(card_links__card__parent=OuterRef("pk")),
-            card_links__is_baseline=False,
-            status=RunStatus.FINISHED,
-            end_time__isnull=False,
+def _first_signals(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """(started_at, first_signal) for cards whose first finished run arrived in range — one query.
+
+    The first finished run per linked card is aggregated in the database; a hypothesis also takes
+    its experiments' runs, folded in here. Runs ending after the window cannot be a first signal in
+    it, so they are not read at all.
+    """
+    links = (
+        CardRun.objects.filter(
+            _card_scope(team, params, "card__"),
+            is_baseline=False,
+            run__status=RunStatus.FINISHED,
+            run__end_time__lt=end,
         )
-        .order_by("end_time")
-        .values("end_time")[:1]
+        .values("card_id", "card__kind", "card__started_at", "card__parent_id", "card__parent__kind",
+                "card__parent__started_at")
+        .annotate(first=Min("run__end_time"))
+        .order_by()
     )
-    return (
-        Card.objects.filter(
-            _card_scope(team, params),
-            kind__in=[CardKind.HYPOTHESIS, CardKind.EXPERIMENT],
-            started_at__isnull=False,
-        )
-        .annotate(first_signal=Subquery(first))
+    work = (CardKind.HYPOTHESIS, CardKind.EXPERIMENT)
+    first: dict[int, dt.datetime] = {}
+    started: dict[int, dt.datetime | None] = {}
+    for row in links:
+        targets = [(row["card_id"], row["card__kind"], row["card__started_at"])]
+        if row["card__parent_id"] is not None:
+            targets.append((row["card__parent_id"], row["card__parent__kind"], row["card__parent__started_at"]))
+        for card_id, kind, started_at in targets:
+            if kind not in work:
+                continue
+            started[card_id] = started_at
+            if card_id not in first or row["first"] < first[card_id]:
+                first[card_id] = row["first"]
+    out = []
+    for card_id, signal in first.items():
+        started_at = started[card_id]
         # A card marked started only after its first run ended (e.g. a hypothesis closed straight to
         # Done) has no measurable wait for a signal, so it is left out rather than counted as zero.
-        .filter(first_signal__gte=start, first_signal__lt=end)
-        .filter(first_signal__gte=F("started_at"))
-        .values_list("started_at", "first_signal")
-    )
+        if started_at is not None and start <= signal < end and signal >= started_at:
+            out.append((started_at, signal))
+    return out
 
 
 def velocity_report(*, team: Team, params: ReportParams) -> VelocityReport:
@@ -550,6 +579,15 @@ def layout(**overrides: Any) -> dict[str, Any]:
     return out
 
 
+def count_axis(values: Sequence[float | None], **extra: Any) -> dict[str, Any]:
+    """A y axis for counts: whole-number ticks (no "0.5 runs") when the numbers are small."""
+    axis: dict[str, Any] = {"rangemode": "tozero", "gridcolor": "#e3e6eb", "automargin": True, **extra}
+    top = max((v for v in values if v is not None), default=0)
+    if top <= 6:
+        axis.update(dtick=1, tick0=0, range=[0, max(top, 1) * 1.1])
+    return axis
+
+
 def velocity_figures(report: VelocityReport) -> dict[str, Any]:
     labels = [r.period.label for r in report.rows]
     figures: dict[str, Any] = {}
@@ -562,7 +600,8 @@ def velocity_figures(report: VelocityReport) -> dict[str, Any]:
                  "y": [r.completed if r.completed is not None else None for r in report.rows],
                  "marker": {"color": "#4f46e5"}},
             ],
-            "layout": layout(barmode="group", yaxis={"title": {"text": "cards"}}),
+            "layout": layout(barmode="group", yaxis=count_axis(
+                [r.committed for r in report.rows], title={"text": "cards"})),
         }
     if any(r.hypotheses_resolved for r in report.rows):
         figures["verdicts"] = {
@@ -571,7 +610,8 @@ def velocity_figures(report: VelocityReport) -> dict[str, Any]:
                  "marker": {"color": VERDICT_COLORS[choice]}}
                 for choice in VerdictChoice
             ],
-            "layout": layout(barmode="stack", yaxis={"title": {"text": "hypotheses"}}),
+            "layout": layout(barmode="stack", yaxis=count_axis(
+                [r.hypotheses_resolved for r in report.rows], title={"text": "hypotheses"})),
         }
     if any(r.experiments_completed or r.runs_finished or r.runs_failed for r in report.rows):
         figures["output"] = {
@@ -585,9 +625,11 @@ def velocity_figures(report: VelocityReport) -> dict[str, Any]:
                  "line": {"color": "#c0362c", "dash": "dot"}},
             ],
             "layout": layout(
-                yaxis={"title": {"text": "experiments"}},
-                yaxis2={"title": {"text": "runs"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
-                        "showgrid": False},
+                yaxis=count_axis([r.experiments_completed for r in report.rows], title={"text": "experiments"}),
+                yaxis2=count_axis(
+                    [max(r.runs_finished, r.runs_failed) for r in report.rows],
+                    title={"text": "runs"}, overlaying="y", side="right", showgrid=False,
+                ),
                 margin={"r": 48},
             ),
         }

@@ -40,6 +40,7 @@ from ..services.iterations import (
 )
 
 ITERATIONS_PER_PAGE = 30
+FLOW_TABLE_ROWS = 200  # the finished-cards table; the CSV has them all
 
 
 def _team_boards(team: Team) -> list[Board]:
@@ -115,8 +116,9 @@ def flow(request: HttpRequest, team_slug: str) -> HttpResponse:
         throughput_rows=list(zip(report.periods, report.throughput, strict=True)),
         done_rows=[
             {"item": i, "cycle": format_hours(i.cycle_hours), "lead": format_hours(i.lead_hours)}
-            for i in reversed(report.done)
+            for i in list(reversed(report.done))[:FLOW_TABLE_ROWS]
         ],
+        done_total=len(report.done),
         aging_rows=[
             {"item": i, "age": format_hours(age), "over_p85": _over(age, stats["cycle"][85])}
             for i, age in report.aging
