@@ -205,6 +205,7 @@ def _replay(team: Team, params: ReportParams, days: list[dt.date]) -> dict[str, 
         Card.objects.filter(_scope(team, params), created_at__lt=end)
         .annotate(stage_then=Subquery(last_stage))
         .filter(stage_then__isnull=False)
+        .order_by()
         .values_list("pk", "stage_then")
     )
     counts = dict.fromkeys(STAGE_ORDER, 0)

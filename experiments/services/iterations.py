@@ -290,6 +290,7 @@ def _next_in_cadence(*, team: Team, now: dt.datetime) -> Iteration | None:
 def teams_with_iterations() -> list[int]:
     return list(
         Team.objects.filter(Q(iterations__state=IterationState.ACTIVE) | Q(iterations__state=IterationState.PLANNED))
+        .order_by("pk")
         .values_list("pk", flat=True)
         .distinct()
     )
