@@ -4,7 +4,7 @@ Both servers run on 127.0.0.1 with 2 worker processes and a PostgreSQL backend s
 database each). The client sends identical pre-encoded JSON bodies (MLflow's wire format) over
 keep-alive connections from a few threads, so the figures measure the servers, not the client.
 
-    /work/venv/bin/python benchmarks/mlflow_ingest.py [--runs 4] [--batches 25] [--batch-size 1000]
+    /work/venv/bin/python benchmarks/mlflow_ingest.py [--runs 4] [--batches 10] [--rounds 5] [--batch-size 1000]
 
 Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth); full mlflow in /work/mlflow-venv
 (`python3 -m venv /work/mlflow-venv && /work/mlflow-venv/bin/pip install mlflow==3.17.2 psycopg2-binary`).
@@ -255,10 +255,10 @@ class Target:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=4, help="concurrent runs (one client thread each)")
-    parser.add_argument("--batches", type=int, default=5, help="log-batch requests per run and round")
+    parser.add_argument("--batches", type=int, default=10, help="log-batch requests per run and round")
     parser.add_argument("--batch-size", type=int, default=1000, help="metric points per request (max 1000)")
     parser.add_argument("--keys", type=int, default=10, help="distinct metric names per batch")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server (median reported)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (both servers)")
     parser.add_argument("--skip-mlflow", action="store_true")
     args = parser.parse_args()
@@ -328,7 +328,9 @@ def main() -> int:
         for error in errors[:3]:
             print(f"    error: {error}")
     if len(medians) == 2 and medians[1]:
-        print(f"\nmlboard / mlflow median throughput: {medians[0] / medians[1]:.1f}x")
+        paired = [a.rate / b.rate for a, b in zip(targets[0].results, targets[1].results, strict=True) if b.rate]
+        print(f"\nmlboard / mlflow median throughput: {medians[0] / medians[1]:.1f}x "
+              f"(round by round: {', '.join(f'{r:.1f}x' for r in paired)}; median {statistics.median(paired):.1f}x)")
     print("stored points check:", "ok" if ok else f"MISMATCH (expected {expected:,} per server)")
     print(f"server logs: {logs}")
     shutil.rmtree(logs / "mlartifacts", ignore_errors=True)

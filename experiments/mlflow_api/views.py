@@ -50,12 +50,14 @@ def _key_values(items: list[Any], what: str) -> list[tuple[str, Any]]:
 
 
 def _metric_point(item: Any, path: str) -> MetricPoint:
-    if not isinstance(item, dict):
+    """Presence checks only (values are validated by the service); called once per point."""
+    if type(item) is not dict:
         raise invalid(f"Invalid value for parameter '{path}': expected an object with key, value and timestamp.")
-    for field in ("key", "value", "timestamp"):
-        if item.get(field) is None or item.get(field) == "":
+    key, value, timestamp = item.get("key"), item.get("value"), item.get("timestamp")
+    for field, given in (("key", key), ("value", value), ("timestamp", timestamp)):
+        if given is None or given == "":
             raise invalid(f"Missing value for required parameter '{path}.{field}'.")
-    return MetricPoint(key=item["key"], value=item["value"], step=item.get("step") or 0, timestamp=item["timestamp"])
+    return MetricPoint(key, value, item.get("step") or 0, timestamp)
 
 
 def _status(body: Body) -> str | None:

@@ -441,14 +441,20 @@ def _metric_rows(run: Run, points: Iterable[MetricPoint]) -> tuple[dict[tuple, N
     run_id = run.pk
     checked: set[str] = set()
     for point in points:
-        key = point.key
-        if key not in checked:
+        key, value, step, ts = point
+        if type(key) is not str or key not in checked:
             _check_key(key, "Metric")
             checked.add(key)
-        value = _coerce_float(point.value, key)
+        # Fast paths for what JSON decoding produces; anything else goes through full coercion.
+        if type(value) is not float:
+            value = float(value) if type(value) is int else _coerce_float(value, key)
         is_nan = value != value
-        step = _coerce_int(point.step or 0, "step", key)
-        ts = _coerce_int(point.timestamp, "timestamp", key) if point.timestamp is not None else stamp
+        if type(step) is not int:
+            step = _coerce_int(step or 0, "step", key)
+        if ts is None:
+            ts = stamp
+        elif type(ts) is not int:
+            ts = _coerce_int(ts, "timestamp", key)
         row = (run_id, key, 0.0 if is_nan else value, is_nan, step, ts)
         rows[row] = None
         best = latest.get(key)
