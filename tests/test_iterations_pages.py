@@ -189,3 +189,12 @@ def test_detail_query_count_is_constant(team, board, client_for, member, django_
         response = client.get(detail_url(team, it))
     assert len(response.context["items"]) == 10 and len(response.context["candidates"]) == 10
     assert len(baseline.captured_queries) == 7
+
+
+def test_start_time_is_read_in_the_team_time_zone(team, client_for, member):
+    team.timezone = "America/New_York"
+    team.save()
+    client_for(member).post(reverse("iterations", args=[team.slug]), {"start": "2025-04-01T09:30", "days": "2"})
+    it = Iteration.objects.get(team=team)
+    assert it.start == dt.datetime(2025, 4, 1, 13, 30, tzinfo=dt.UTC)  # 09:30 EDT
+    assert it.end - it.start == dt.timedelta(days=2)

@@ -191,9 +191,11 @@ def iterations(request: HttpRequest, team_slug: str) -> HttpResponse:
         except PermissionDeniedError as error:
             return _forbidden(request, membership, error)
         form = IterationForm(request.POST)
-        if form.is_valid():
+        with timezone.override(zone):  # the start time is typed in the team's time zone
+            valid = form.is_valid()
+        if valid:
             data = form.cleaned_data
-            start = data["start"].replace(tzinfo=zone) if timezone.is_naive(data["start"]) else data["start"]
+            start = data["start"]
             try:
                 iteration = iteration_create(
                     team=team, start=start, end=start + dt.timedelta(days=data["days"]),
