@@ -1,7 +1,8 @@
-"""Demo team with realistic history: hypotheses, experiments, overnight runs with metric curves.
+"""Demo team with two weeks of realistic history, replayed day by day through the services.
 
-Everything is written through the services (with a simulated clock) so events, card moves,
-verdict proposals and iterations look exactly as they would after two weeks of real use.
+Each day is a 1-day iteration: hypotheses and experiments are written in the morning, runs train
+overnight, and the team decides verdicts at the next morning's standup. A simulated clock makes
+events, card moves, verdicts and iterations carry the times they would have had in real use.
 """
 
 from __future__ import annotations
@@ -11,15 +12,34 @@ import datetime as dt
 import math
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from unittest import mock
 
-from django.db import transaction
 from django.utils import timezone
 
-from .models import Board, Card, CardEvent, CardKind, Column, Role, Run, Stage, Team, Trigger, User
+from .models import (
+    Board,
+    Card,
+    CardEvent,
+    CardKind,
+    Column,
+    Iteration,
+    IterationState,
+    Role,
+    Run,
+    Stage,
+    Team,
+    Trigger,
+    User,
+    VerdictProposal,
+    VerdictStatus,
+)
+from .selectors.standup import window_start_before
 from .services.boards import board_create, membership_set, team_create
-from .services.cards import card_create, card_move
+from .services.cards import card_add_note, card_create, card_move
+from .services.iterations import iteration_close, iteration_commit_card, iteration_create, iteration_start
 from .services.runs import MetricPoint, run_create, run_log_batch, run_update, tracking_experiment_get_or_create
+from .services.verdicts import verdict_decide
 
 DEMO_PASSWORD = "demo"
 DEMO_USERS = (
@@ -28,6 +48,7 @@ DEMO_USERS = (
     ("carol", "Carol Diaz", Role.MEMBER),
     ("dave", "Dave Okafor", Role.VIEWER),
 )
+HISTORY_DAYS = 14
 
 
 @contextlib.contextmanager
@@ -35,6 +56,73 @@ def clock(at: dt.datetime) -> Iterator[None]:
     """Make services believe it is `at` (events, stage timestamps, verdict times)."""
     with mock.patch("django.utils.timezone.now", return_value=at):
         yield
+
+
+@dataclass
+class Story:
+    """One hypothesis tested by one experiment: written on `day`, trained that night."""
+
+    day: int  # days before today
+    board: str
+    owner: str
+    title: str
+    statement: str
+    final: float  # mean final metric across seeds
+    seeds: int = 3
+    threshold: float | None = None
+    min_delta: float | None = None
+    baseline: float | None = None
+    metric: str = "val_auc"
+    direction: str = "maximize"
+    tags: list[str] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)
+    fail_one: bool = False
+    finish: bool = True
+    steps: int = 120
+    note: str = ""
+
+
+STORIES = [
+    Story(14, "CHURN", "alice", "Gradient boosting beats logistic regression",
+          "A LightGBM model reaches val AUC >= 0.80 on the November split.", 0.826, threshold=0.80,
+          baseline=0.78, tags=["baseline", "gbm"], params={"model": "lightgbm", "num_leaves": "31"},
+          note="GBM is the new baseline: 0.826 AUC."),
+    Story(12, "CHURN", "bob", "Tenure bucketing improves calibration",
+          "Bucketing tenure into 6 bins raises val AUC by 0.005 over the GBM baseline.", 0.8342, seeds=4,
+          min_delta=0.005, baseline=0.826, tags=["features"], params={"model": "lightgbm", "tenure_bins": "6"}),
+    Story(10, "CHURN", "carol", "Usage trend features add signal",
+          "30-day usage slope features reach val AUC 0.84.", 0.829, threshold=0.84, baseline=0.826,
+          tags=["features", "usage"], params={"model": "lightgbm", "usage_trend": "30d"},
+          note="Trend features are noise once tenure is bucketed."),
+    Story(8, "CHURN", "bob", "Class weighting helps the minority class",
+          "Weighting churners 5x reaches val AUC 0.83.", 0.8305, threshold=0.83, baseline=0.826,
+          tags=["imbalance"], params={"model": "lightgbm", "class_weight": "5"}, fail_one=True),
+    Story(6, "RANK", "bob", "LambdaMART beats BM25 ordering",
+          "LambdaMART improves NDCG@10 by 0.02 over BM25.", 0.447, metric="ndcg_at_10", min_delta=0.02,
+          baseline=0.41, tags=["ltr"], params={"model": "lambdamart", "trees": "200"}),
+    Story(5, "CHURN", "alice", "Target encoding of plan type",
+          "Target-encoded plan type reaches val AUC 0.835.", 0.8385, seeds=4, threshold=0.835, baseline=0.834,
+          tags=["features"], params={"model": "lightgbm", "plan_encoding": "target"}),
+    Story(3, "RANK", "carol", "Query-length features help long queries",
+          "Adding query length lifts NDCG@10 by 0.01.", 0.452, metric="ndcg_at_10", min_delta=0.01,
+          baseline=0.447, tags=["ltr", "features"], params={"model": "lambdamart", "query_len": "true"}),
+    Story(1, "CHURN", "carol", "Deeper trees overfit on small segments",
+          "Depth-12 trees lose AUC on segments under 1,000 customers (val AUC stays >= 0.83).", 0.812,
+          threshold=0.83, baseline=0.838, tags=["gbm", "regularisation"],
+          params={"model": "lightgbm", "max_depth": "12"}),
+    Story(1, "CHURN", "bob", "Monthly charge ratio is predictive",
+          "Charge-to-median ratio reaches val AUC 0.84.", 0.8436, seeds=4, threshold=0.84, baseline=0.838,
+          tags=["features"], params={"model": "lightgbm", "charge_ratio": "true"}),
+    Story(0, "CHURN", "carol", "Transformer on event sequences",
+          "A small transformer over the last 90 days of events reaches val AUC 0.85.", 0.82, seeds=2,
+          threshold=0.85, tags=["deep-learning"], params={"model": "transformer", "layers": "4"},
+          finish=False, steps=60),
+]
+BACKLOG = [
+    ("CHURN", "Survival model for time-to-churn", ["idea"]),
+    ("CHURN", "Drop stale customers from training data", ["data", "idea"]),
+    ("RANK", "Personalised re-ranking with session features", ["idea"]),
+]
 
 
 def _curve(rng: random.Random, *, steps: int, start: float, end: float, noise: float) -> list[float]:
@@ -45,87 +133,119 @@ def _curve(rng: random.Random, *, steps: int, start: float, end: float, noise: f
     return values
 
 
-def _log_curves(run: Run, rng: random.Random, *, final_auc: float, steps: int, started: dt.datetime) -> None:
-    auc = _curve(rng, steps=steps, start=0.55, end=final_auc, noise=0.004)
-    loss = _curve(rng, steps=steps, start=0.9, end=0.25 + (0.9 - final_auc), noise=0.01)
+def _log_curves(run: Run, rng: random.Random, *, story: Story, final: float, started: dt.datetime) -> None:
+    score = _curve(rng, steps=story.steps, start=final * 0.7, end=final, noise=0.0015)
+    score[-1] = final  # the last point is the one verdicts are judged on
+    loss = _curve(rng, steps=story.steps, start=0.9, end=0.2 + (1 - final) * 0.5, noise=0.01)
     base_ms = int(started.timestamp() * 1000)
     points = []
-    for step in range(steps):
+    for step in range(story.steps):
         ts = base_ms + step * 60_000
-        points.append(MetricPoint("val_auc", round(auc[step], 5), step, ts))
+        points.append(MetricPoint(story.metric, round(score[step], 5), step, ts))
         points.append(MetricPoint("train_loss", round(loss[step], 5), step, ts))
     run_log_batch(run=run, metrics=points)
-
-
-def _backdate_card(card: Card, when: dt.datetime) -> None:
-    Card.objects.filter(pk=card.pk).update(created_at=when)
-    CardEvent.objects.filter(card=card, kind="created").update(created_at=when)
-    card.created_at = when
 
 
 def _column(board: Board, stage: str) -> Column:
     return board.columns.filter(stage=stage).order_by("position").first()
 
 
-def _move(card: Card, board: Board, stage: str, actor: User, when: dt.datetime) -> Card:
+def _move(card: Card, stage: str, actor: User, when: dt.datetime) -> None:
     card.refresh_from_db()
     with clock(when):
-        return card_move(card=card, to_column=_column(board, stage), actor=actor, expected_version=card.version)
+        card_move(card=card, to_column=_column(card.board, stage), actor=actor, expected_version=card.version)
 
 
-def _runs_for(
-    *,
-    team: Team,
-    card: Card,
-    users: dict[str, User],
-    rng: random.Random,
-    experiment_name: str,
-    started: dt.datetime,
-    seeds: int,
-    final_auc: float,
-    params: dict[str, str],
-    finish: bool = True,
-    fail_one: bool = False,
-    steps: int = 120,
-) -> list[Run]:
-    exp = tracking_experiment_get_or_create(team=team, name=experiment_name)
-    runs = []
+def _backdate(card: Card, when: dt.datetime) -> None:
+    Card.objects.filter(pk=card.pk).update(created_at=when)
+    CardEvent.objects.filter(card=card, kind="created").update(created_at=when)
+
+
+def _write_cards(story: Story, board: Board, owner: User, when: dt.datetime) -> tuple[Card, Card]:
+    with clock(when):
+        hyp = card_create(
+            board=board, kind=CardKind.HYPOTHESIS, title=story.title, actor=owner, owner=owner, tags=story.tags,
+            statement=story.statement, rationale="From error analysis of the current baseline.",
+            metric_key=story.metric, direction=story.direction, threshold=story.threshold,
+            min_delta=story.min_delta, min_runs=3,
+        )
+        exp = card_create(
+            board=board, kind=CardKind.EXPERIMENT, title=f"{story.title}: {story.seeds} seeds", actor=owner,
+            owner=owner, parent=hyp, plan="One change against the baseline, several seeds, same data split.",
+            baseline_value=story.baseline, tags=story.tags,
+        )
+    _backdate(hyp, when)
+    _backdate(exp, when)
+    _move(hyp, Stage.READY, owner, when + dt.timedelta(minutes=20))
+    return hyp, exp
+
+
+def _train(story: Story, *, team: Team, exp: Card, users: dict[str, User], rng: random.Random,
+           start: dt.datetime, latest_end: dt.datetime) -> None:
+    tracking = tracking_experiment_get_or_create(team=team, name=f"{exp.board.key.lower()}-{story.params['model']}")
     commit = f"{rng.getrandbits(40):010x}"
-    for seed in range(seeds):
-        begin = started + dt.timedelta(minutes=7 * seed)
+    trainers = [users[story.owner], users["bob"] if story.owner != "bob" else users["carol"]]
+    started: list[tuple[Run, dt.datetime]] = []
+    # Seeds train side by side, so all start before any finishes (as on a real cluster).
+    for seed in range(story.seeds):
+        begin = start + dt.timedelta(minutes=5 * seed)
         with clock(begin):
             run = run_create(
-                team=team,
-                user=users["bob"] if seed % 2 else users["carol"],
-                experiment=exp,
-                name=f"{card.key.lower()}-s{seed}",
-                start_time=begin,
+                team=team, user=trainers[seed % 2], experiment=tracking, name=f"{exp.key.lower()}-seed{seed}",
+                start_time=begin, params={**story.params, "seed": str(seed)},
                 tags={
-                    "mlboard.card": card.key,
+                    "mlboard.card": exp.key,
                     "mlflow.source.git.commit": commit,
                     "mlboard.data_version": "customers-2026-11-01",
                     "mlflow.source.name": "train.py",
-                    "mlboard.trigger": Trigger.SCHEDULED if seed % 3 == 0 else Trigger.MANUAL,
+                    "mlboard.trigger": Trigger.SCHEDULED if seed % 2 == 0 else Trigger.MANUAL,
                 },
-                params={**params, "seed": str(seed)},
             )
-        _log_curves(run, rng, final_auc=final_auc + rng.gauss(0, 0.003), steps=steps, started=begin)
-        end = begin + dt.timedelta(hours=5, minutes=rng.randint(0, 90))
-        if finish:
-            status = "FAILED" if (fail_one and seed == seeds - 1) else "FINISHED"
-            with clock(end):
-                run = run_update(run=run, status=status, end_time=end)
-        runs.append(run)
-    return runs
+        _log_curves(run, rng, story=story, final=story.final + rng.gauss(0, 0.0015), started=begin)
+        started.append((run, begin))
+    if not story.finish:
+        return
+    ends = []
+    for seed, (run, begin) in enumerate(started):
+        end = min(begin + dt.timedelta(hours=4, minutes=rng.randint(0, 60)), latest_end - dt.timedelta(minutes=seed))
+        status = "FAILED" if story.fail_one and seed == story.seeds - 1 else "FINISHED"
+        ends.append((end, run, status))
+    for end, run, status in sorted(ends, key=lambda item: item[0]):
+        with clock(end):
+            run_update(run=run, status=status, end_time=end)
 
 
-@transaction.atomic
+def _decide(hyp: Card, actor: User, when: dt.datetime, note: str) -> None:
+    proposal = VerdictProposal.objects.filter(card=hyp, status=VerdictStatus.PROPOSED).first()
+    if proposal is None:
+        return
+    with clock(when):
+        verdict_decide(proposal=proposal, actor=actor, note=note)
+        for exp in hyp.children.filter(kind=CardKind.EXPERIMENT):
+            exp.refresh_from_db()
+            if exp.column.stage != Stage.DONE:
+                card_move(card=exp, to_column=_column(exp.board, Stage.DONE), actor=actor,
+                          expected_version=exp.version)
+        if note:
+            card_add_note(card=hyp, actor=actor, text=note)
+
+
 def demo_seed(*, now: dt.datetime | None = None, seed: int = 7) -> Team:
-    """Create (or recreate) the demo team. Idempotent: an existing demo team is returned untouched."""
+    """Create the demo team. Idempotent: an existing demo team is returned untouched.
+
+    Not one transaction on purpose: verdict evaluation runs on commit of each run update, and the
+    next morning's decisions need those proposals. A failed seed removes its half-built team."""
     existing = Team.objects.filter(slug="demo").first()
     if existing is not None:
         return existing
-    now = now or timezone.now()
+    try:
+        return _seed(now=now or timezone.now(), seed=seed)
+    except BaseException:
+        Team.objects.filter(slug="demo").delete()
+        raise
+
+
+def _seed(*, now: dt.datetime, seed: int) -> Team:
     rng = random.Random(seed)
     users: dict[str, User] = {}
     for username, full_name, _role in DEMO_USERS:
@@ -139,123 +259,54 @@ def demo_seed(*, now: dt.datetime | None = None, seed: int = 7) -> Team:
         users[username] = user
     # The manager also administers the instance (Django admin at /admin/).
     User.objects.filter(pk=users["alice"].pk).update(is_staff=True, is_superuser=True)
-    team = team_create(name="Demo ML Team", slug="demo", webhook_url="", digest_emails="")
+    team = team_create(name="Demo ML Team", slug="demo")
     for username, _full, role in DEMO_USERS:
         membership_set(team=team, user=users[username], role=role)
-    alice, bob, carol = users["alice"], users["bob"], users["carol"]
+    boards = {
+        "CHURN": board_create(team=team, name="Churn prediction", key="CHURN",
+                              problem="Predict which subscribers cancel within 30 days, to target retention offers."),
+        "RANK": board_create(team=team, name="Search ranking", key="RANK",
+                             problem="Rank catalogue results by purchase likelihood."),
+    }
 
-    churn = board_create(team=team, name="Churn prediction", key="CHURN",
-                         problem="Predict which subscribers cancel within 30 days, to target retention offers.")
-    rank = board_create(team=team, name="Search ranking", key="RANK",
-                        problem="Rank catalogue results by purchase likelihood.")
-    day = dt.timedelta(days=1)
-    today_evening = now.replace(hour=19, minute=0, second=0, microsecond=0)
-    if today_evening > now:
-        today_evening -= day
-
-    # Baseline, resolved two weeks ago.
-    base_when = now - 14 * day
-    with clock(base_when):
-        h_base = card_create(
-            board=churn, kind=CardKind.HYPOTHESIS, title="Gradient boosting beats logistic regression",
-            actor=alice, owner=alice, tags=["baseline", "gbm"],
-            statement="A LightGBM model reaches val AUC >= 0.80 on the November split.",
-            rationale="Tabular data with non-linear interactions between tenure and usage.",
-            metric_key="val_auc", direction="maximize", threshold=0.80, min_runs=3,
-        )
-    _backdate_card(h_base, base_when)
-    e_base = card_create(board=churn, kind=CardKind.EXPERIMENT, title="LightGBM default params, 3 seeds",
-                         actor=bob, owner=bob, parent=h_base, plan="Train with defaults, seeds 0-2.",
-                         baseline_value=0.78, tags=["gbm"])
-    _backdate_card(e_base, base_when + dt.timedelta(hours=1))
-    _move(h_base, churn, Stage.READY, alice, base_when + dt.timedelta(hours=2))
-    _runs_for(team=team, card=e_base, users=users, rng=rng, experiment_name="churn-gbm",
-              started=base_when + dt.timedelta(hours=9), seeds=3, final_auc=0.826,
-              params={"model": "lightgbm", "num_leaves": "31", "learning_rate": "0.1"})
-
-    hypotheses = [
-        ("Tenure bucketing improves calibration", "val_auc", 0.83, ["features"], 0.834, 4, 10),
-        ("Usage trend features add signal", "val_auc", 0.84, ["features", "usage"], 0.829, 3, 8),
-        ("Class weighting helps the minority class", "val_auc", 0.83, ["imbalance"], 0.83, 3, 5),
-        ("Target encoding of plan type", "val_auc", 0.835, ["features"], 0.838, 4, 3),
-        ("Deeper trees overfit on small segments", "val_auc", 0.83, ["gbm", "regularisation"], 0.812, 3, 1),
-    ]
-    for i, (title, metric, threshold, tags, final_auc, seeds, days_ago) in enumerate(hypotheses):
-        when = now - days_ago * day
-        owner = [alice, bob, carol][i % 3]
-        with clock(when):
-            hyp = card_create(
-                board=churn, kind=CardKind.HYPOTHESIS, title=title, actor=owner, owner=owner, tags=tags,
-                statement=f"{title}: val AUC reaches {threshold}.",
-                rationale="Seen in error analysis of the baseline's false negatives.",
-                metric_key=metric, direction="maximize", threshold=threshold, min_runs=3,
-            )
-        _backdate_card(hyp, when)
-        exp = card_create(board=churn, kind=CardKind.EXPERIMENT, title=f"{title} — experiment",
-                          actor=owner, owner=owner, parent=hyp, plan="One change vs baseline, several seeds.",
-                          baseline_value=0.826, tags=tags)
-        _backdate_card(exp, when + dt.timedelta(hours=1))
-        _move(hyp, churn, Stage.READY, owner, when + dt.timedelta(hours=2))
-        # The most recent ones ran overnight: last evening to this morning (the standup window).
-        started = today_evening if days_ago <= 1 else when + dt.timedelta(hours=10)
-        _runs_for(team=team, card=exp, users=users, rng=rng, experiment_name="churn-features",
-                  started=started, seeds=seeds, final_auc=final_auc,
-                  params={"model": "lightgbm", "num_leaves": str(31 + 16 * i), "feature_set": tags[0]},
-                  fail_one=(i == 2))
-
-    # Still running overnight, and waiting in the backlog.
-    with clock(now - 2 * day):
-        hyp_running = card_create(
-            board=churn, kind=CardKind.HYPOTHESIS, title="Transformer on event sequences",
-            actor=carol, owner=carol, tags=["deep-learning"],
-            statement="A small transformer over the last 90 days of events reaches val AUC 0.85.",
-            metric_key="val_auc", direction="maximize", threshold=0.85, min_runs=3,
-        )
-    _backdate_card(hyp_running, now - 2 * day)
-    exp_running = card_create(board=churn, kind=CardKind.EXPERIMENT, title="Transformer, 4 layers",
-                              actor=carol, owner=carol, parent=hyp_running, plan="4 layers, 128 dims.",
-                              tags=["deep-learning"])
-    _runs_for(team=team, card=exp_running, users=users, rng=rng, experiment_name="churn-seq",
-              started=today_evening + dt.timedelta(hours=1), seeds=2, final_auc=0.82,
-              params={"model": "transformer", "layers": "4"}, finish=False, steps=60)
-    for title in ("Survival model for time-to-churn", "Drop stale customers from training data"):
-        card_create(board=churn, kind=CardKind.HYPOTHESIS, title=title, actor=alice, owner=None,
-                    statement=title + ".", tags=["idea"])
-
-    with clock(now - 3 * day):
-        rank_h = card_create(
-            board=rank, kind=CardKind.HYPOTHESIS, title="LambdaMART beats BM25 ordering", actor=bob, owner=bob,
-            statement="LambdaMART improves NDCG@10 by 0.02 over BM25.", metric_key="ndcg_at_10",
-            direction="maximize", min_delta=0.02, min_runs=3, tags=["ltr"],
-        )
-    _backdate_card(rank_h, now - 3 * day)
-    card_create(board=rank, kind=CardKind.EXPERIMENT, title="LambdaMART, 200 trees", actor=bob, owner=bob,
-                parent=rank_h, plan="200 trees, depth 6.", baseline_value=0.41)
-
-    _iterations_seed(team=team, now=now)
+    # Last night's window (as the standup page computes it) bounds when overnight runs may end.
+    window_start = window_start_before(team, now)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    pending: list[tuple[Card, str]] = []  # hypotheses waiting for the next morning's decision
+    for back in range(HISTORY_DAYS, -1, -1):
+        day_start = today - dt.timedelta(days=back)
+        with clock(day_start):
+            iteration = iteration_create(team=team, start=day_start, end=day_start + dt.timedelta(days=1))
+            iteration_start(iteration=iteration)
+        # Morning standup: decide what trained overnight (today's decisions are left to the user).
+        if back > 0:
+            for hyp, note in pending:
+                _decide(hyp, users["alice"], day_start + dt.timedelta(hours=9, minutes=45), note)
+            pending = []
+        for story in (s for s in STORIES if s.day == back):
+            owner = users[story.owner]
+            hyp, exp = _write_cards(story, boards[story.board], owner, day_start + dt.timedelta(hours=10))
+            with clock(day_start + dt.timedelta(hours=10, minutes=30)):
+                iteration_commit_card(iteration=iteration, card=hyp, actor=owner)
+                iteration_commit_card(iteration=iteration, card=exp, actor=owner)
+            if back == 0:
+                # Still training: started in last night's window.
+                start, latest_end = window_start + dt.timedelta(minutes=30), now
+            else:
+                start = day_start + dt.timedelta(hours=19)
+                latest_end = min(start + dt.timedelta(hours=6), now - dt.timedelta(minutes=10))
+                if back == 1:
+                    # Trained overnight: inside the window today's standup reviews.
+                    start = max(start, window_start + dt.timedelta(minutes=10))
+                    start = min(start, now - dt.timedelta(minutes=30))
+            _train(story, team=team, exp=exp, users=users, rng=rng, start=start, latest_end=latest_end)
+            pending.append((hyp, story.note))
+        if back > 0:
+            with clock(day_start + dt.timedelta(days=1)):
+                iteration_close(iteration=Iteration.objects.get(pk=iteration.pk),
+                                now=day_start + dt.timedelta(days=1))
+    for key, title, tags in BACKLOG:
+        card_create(board=boards[key], kind=CardKind.HYPOTHESIS, title=title, actor=users["alice"],
+                    statement=f"{title}.", tags=tags)
+    assert Iteration.objects.filter(team=team, state=IterationState.ACTIVE).count() == 1
     return team
-
-
-def _iterations_seed(*, team: Team, now: dt.datetime) -> None:
-    """Daily iterations for the last two weeks, if the iterations service is available."""
-    try:
-        from .services import iterations as iteration_services
-    except ImportError:  # pragma: no cover - the service ships with the reports area
-        return
-    create = getattr(iteration_services, "iteration_create", None)
-    if create is None:  # pragma: no cover
-        return
-    import inspect
-
-    params = inspect.signature(create).parameters
-    day = dt.timedelta(days=1)
-    start_today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    for back in range(14, -1, -1):
-        start = start_today - back * day
-        kwargs = {"team": team, "start": start}
-        if "end" in params:
-            kwargs["end"] = start + day
-        if "name" in params:
-            kwargs["name"] = f"Day {start:%b %d}"
-        with clock(start):
-            create(**kwargs)
