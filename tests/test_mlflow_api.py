@@ -188,3 +188,13 @@ def test_malformed_body_and_wrong_method(client, auth, post):
     response = client.get(f"{API}/runs/create", **auth)
     assert response.status_code == 404 and response.json()["error_code"] == "ENDPOINT_NOT_FOUND"
     assert post("runs/create", {"run_name": "a", "tags": [{"key": "mlflow.runName", "value": "b"}]}).status_code == 400
+
+
+def test_oversized_batch_is_a_clear_400_not_a_server_error(post, team, member, settings):
+    run = run_create(team=team, user=member, name="big")
+    payload = {"run_id": run.external_id, "tags": [{"key": "note", "value": "x" * 1_100_000}]}
+    response = post("runs/log-batch", payload)
+    assert response.status_code == 400 and "at most 1000000 bytes" in response.json()["message"]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post("runs/set-tag", {"run_id": run.external_id, "key": "note", "value": "x" * 5000})
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"

@@ -57,7 +57,10 @@ def tracking(live_server, monkeypatch):
     yield use
     while mlflow.active_run() is not None:
         mlflow.end_run()
-    mlflow.set_tracking_uri("")
+    # The client keeps the URI and the active experiment in module globals (and mirrors them into
+    # os.environ, which monkeypatch restores): reset them so no other test inherits a dead server.
+    mlflow.set_tracking_uri(None)
+    mlflow.tracking.fluent._active_experiment_id = None
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -216,7 +217,10 @@ class Body:
 def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
     if request.method == "GET":
         return Body({key: request.GET.getlist(key) for key in request.GET}, from_query=True)
-    raw = request.body
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise invalid("The request body is too large; split it into smaller requests.") from None
     if max_bytes is not None and len(raw) > max_bytes:
         raise invalid(f"Batched logging API requests must be at most {max_bytes} bytes, got {len(raw)}.")
     if not raw.strip():
