@@ -142,6 +142,14 @@ def test_training_script_logs_into_the_tokens_team(tracking, member_token, membe
     assert client.search_runs([experiment.experiment_id], "metrics.auc < 0.5") == []
     assert client.get_experiment_by_name("churn-gbm").experiment_id == experiment.experiment_id
     assert client.get_experiment(experiment.experiment_id).name == "churn-gbm"
+    assert [e.name for e in client.search_experiments(filter_string="name LIKE 'churn%'")] == ["churn-gbm"]
+
+    # Resuming a finished run (start_run(run_id=...)) marks it running again and keeps its data.
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metric("loss", 0.1, step=5)
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.metrics["loss"] == pytest.approx(0.1)
+    assert Metric.objects.filter(run=run, key="loss").count() == 6
 
 
 def test_default_experiment_and_generated_run_name(tracking, member_token, team):
