@@ -51,7 +51,9 @@ class Team(models.Model):
     stuck_after_hours = models.PositiveIntegerField(default=24)
     digest_emails = models.TextField(blank=True, help_text="Extra recipients, one per line.")
     webhook_url = models.URLField(blank=True, help_text="Slack-compatible incoming webhook.")
-    iteration_days = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(90)])
+    iteration_days = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(90)]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -311,6 +313,9 @@ class IterationItem(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["iteration", "card"], name="uniq_iteration_item")]
 
+    def __str__(self) -> str:
+        return f"{self.card} in {self.iteration}"
+
 
 class ApiToken(models.Model):
     """Personal API token; only a SHA-256 digest is stored, the secret is shown once."""
@@ -422,6 +427,9 @@ class Param(models.Model):
         ordering = ["key"]
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="uniq_param")]
 
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
+
 
 class Metric(models.Model):
     """One point of a metric series. NaN is stored as is_nan with value 0 (SQLite has no NaN);
@@ -442,6 +450,9 @@ class Metric(models.Model):
         ]
         indexes = [models.Index(fields=["run", "key", "step"])]
 
+    def __str__(self) -> str:
+        return f"{self.key}@{self.step}={'NaN' if self.is_nan else self.value}"
+
 
 class LatestMetric(models.Model):
     """Latest value per (run, key): the value at the highest step, then timestamp."""
@@ -456,6 +467,9 @@ class LatestMetric(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="uniq_latest_metric")]
         indexes = [models.Index(fields=["key", "run"])]
+
+    def __str__(self) -> str:
+        return f"{self.key}={'NaN' if self.is_nan else self.value} (step {self.step})"
 
 
 class LinkVia(models.TextChoices):
@@ -473,6 +487,9 @@ class CardRun(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["card", "run"], name="uniq_card_run")]
+
+    def __str__(self) -> str:
+        return f"{self.card_id} <- run {self.run_id}"
 
 
 class VerdictStatus(models.TextChoices):
@@ -501,6 +518,9 @@ class VerdictProposal(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["card", "status"])]
 
+    def __str__(self) -> str:
+        return f"{self.proposed} ({self.status}) for card {self.card_id}"
+
 
 class StandupDigest(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="standup_digests")
@@ -521,6 +541,9 @@ class StandupDigest(models.Model):
             models.UniqueConstraint(fields=["team", "board", "window_end"], name="uniq_board_digest"),
         ]
 
+    def __str__(self) -> str:
+        return f"Standup {self.team_id} until {self.window_end:%Y-%m-%d %H:%M}"
+
 
 class MaturityAssessment(models.Model):
     """Self-assessment questionnaire: answers[stage][attribute] = 1..5 (Likert)."""
@@ -533,6 +556,9 @@ class MaturityAssessment(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"Assessment by {self.respondent_id} on {self.created_at:%Y-%m-%d}"
+
 
 class MaturitySnapshot(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="maturity_snapshots")
@@ -543,6 +569,9 @@ class MaturitySnapshot(models.Model):
     class Meta:
         ordering = ["-date"]
         constraints = [models.UniqueConstraint(fields=["team", "date"], name="uniq_maturity_snapshot")]
+
+    def __str__(self) -> str:
+        return f"Maturity {self.team_id} {self.date}"
 
 
 class MlflowSource(models.Model):
