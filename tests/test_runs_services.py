@@ -165,6 +165,26 @@ def test_card_tag_links_moves_and_flags(team, member, board):
     assert kinds.count(EventKind.LINKED) == 2 and EventKind.MOVED in kinds
 
 
+def test_hypothesis_follows_the_runs_of_its_experiments(team, member, board):
+    hyp = card_create(board=board, kind="hypothesis", title="Dropout helps", actor=member)
+    exp_a = card_create(board=board, kind="experiment", title="p=0.1", actor=member, parent=hyp)
+    exp_b = card_create(board=board, kind="experiment", title="p=0.3", actor=member, parent=hyp)
+    a = run_create(team=team, user=member, tags={"mlboard.card": exp_a.key})
+    assert Card.objects.get(pk=hyp.pk).column.stage == Stage.RUNNING
+    b = run_create(team=team, user=member, tags={"mlboard.card": exp_b.key})
+    run_update(run=a, status="FINISHED")
+    # exp_a is done training, but the hypothesis still has a running experiment.
+    assert Card.objects.get(pk=exp_a.pk).column.stage == Stage.ANALYZING
+    assert Card.objects.get(pk=hyp.pk).column.stage == Stage.RUNNING
+    run_update(run=b, status="FINISHED")
+    assert Card.objects.get(pk=hyp.pk).column.stage == Stage.ANALYZING
+    # Automatic moves are recorded without an actor, with the reason.
+    moves = CardEvent.objects.filter(card=hyp, kind=EventKind.MOVED).order_by("id")
+    assert [m.to_stage for m in moves] == [Stage.RUNNING, Stage.ANALYZING]
+    assert all(m.actor is None for m in moves)
+    assert not Card.objects.get(pk=hyp.pk).flagged
+
+
 def test_card_tag_is_the_source_of_truth_for_tag_links(team, member, board):
     one = card_create(board=board, kind="hypothesis", title="One", actor=member)
     two = card_create(board=board, kind="hypothesis", title="Two", actor=member)

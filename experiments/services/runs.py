@@ -780,29 +780,40 @@ def _enqueue_verdict(card_id: int) -> None:
 
 
 def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
-    """Cards move on run events: first run starts -> Running; all finished -> Analyzing; failures flagged."""
+    """Cards move on run events: first run starts -> Running; all finished -> Analyzing; failures flagged.
+    A hypothesis follows the runs of its experiments too, so the board shows where each idea stands."""
     statuses = list(
         CardRun.objects.filter(card=card, is_baseline=False).values_list("run__status", flat=True)
     )
     if not statuses:
         return
-    stage = card.column.stage
     if trigger_run.status == RunStatus.FAILED or trigger_run.status == RunStatus.KILLED:
         if not card.flagged:
             card_flag(
                 card=card, actor=None, flagged=True,
                 reason=f"Run {trigger_run.name or trigger_run.external_id} {trigger_run.status.lower()}",
             )
+    _move_by_run_statuses(card=card, statuses=statuses)
+    hypothesis = card if card.kind == CardKind.HYPOTHESIS else _hypothesis_of(card)
+    if hypothesis is not None and hypothesis.pk != card.pk:
+        hypothesis_statuses = list(
+            CardRun.objects.filter(
+                Q(card=hypothesis) | Q(card__parent=hypothesis), is_baseline=False
+            ).values_list("run__status", flat=True)
+        )
+        _move_by_run_statuses(card=hypothesis, statuses=hypothesis_statuses)
+    if all(s in TERMINAL_STATUSES for s in statuses) and hypothesis is not None:
+        _enqueue_verdict(hypothesis.pk)
+
+
+def _move_by_run_statuses(*, card: Card, statuses: list[str]) -> None:
+    stage = Card.objects.filter(pk=card.pk).values_list("column__stage", flat=True).first()
     all_terminal = all(s in TERMINAL_STATUSES for s in statuses)
     any_active = any(s in (RunStatus.RUNNING, RunStatus.SCHEDULED) for s in statuses)
     if any_active and stage in (Stage.BACKLOG, Stage.READY):
         card_move_to_stage(card=card, stage=Stage.RUNNING, actor=None, reason="first run started")
     elif all_terminal and stage in (Stage.BACKLOG, Stage.READY, Stage.RUNNING):
         card_move_to_stage(card=card, stage=Stage.ANALYZING, actor=None, reason="all linked runs finished")
-    if all_terminal:
-        hypothesis = card if card.kind == CardKind.HYPOTHESIS else _hypothesis_of(card)
-        if hypothesis is not None:
-            _enqueue_verdict(hypothesis.pk)
 
 
 def _hypothesis_of(card: Card) -> Card | None:
