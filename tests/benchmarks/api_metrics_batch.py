@@ -3,7 +3,7 @@
 Runs against a throw-away SQLite database (or DATABASE_URL if set) through DRF's test client, so
 the figures include parsing, validation, auth-free view code, the service and the database.
 
-    /work/venv/bin/python benchmarks/api_metrics_batch.py [batches]
+    .venv/bin/python tests/benchmarks/api_metrics_batch.py [batches]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")

@@ -6,7 +6,7 @@ SQLite database (or DATABASE_URL if set). Then times the evidence computation (9
 whole year), the full report, and each maturity page render through Django's test client, and
 prints query counts.
 
-    /work/venv/bin/python benchmarks/maturity.py [runs_per_day]
+    .venv/bin/python tests/benchmarks/maturity.py [runs_per_day]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")

@@ -6,7 +6,7 @@ and waiting verdict proposals, on a throw-away SQLite database (or DATABASE_URL 
 times the standup selector, the full page through Django's test client, one lazy sparkline and
 the digest build, and prints query counts and page size.
 
-    /work/venv/bin/python benchmarks/standup.py [runs] [cards]
+    .venv/bin/python tests/benchmarks/standup.py [runs] [cards]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")

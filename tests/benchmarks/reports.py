@@ -7,7 +7,7 @@ database (or DATABASE_URL if set). Then times the velocity and flow selectors fo
 (two weeks by day, a quarter by week, the whole year by iteration) and the pages and CSV exports
 through Django's test client, printing query counts.
 
-    /work/venv/bin/python benchmarks/reports.py [days]
+    .venv/bin/python tests/benchmarks/reports.py [days]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")

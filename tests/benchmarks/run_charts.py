@@ -7,7 +7,7 @@ set), links them to an experiment card, then times:
 - the card page and the runs list page renders through Django's test client,
 and prints response sizes and query counts.
 
-    /work/venv/bin/python benchmarks/run_charts.py [points_per_series] [runs]
+    .venv/bin/python tests/benchmarks/run_charts.py [points_per_series] [runs]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")

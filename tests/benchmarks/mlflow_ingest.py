@@ -4,10 +4,10 @@ Both servers run on 127.0.0.1 with 2 worker processes and a PostgreSQL backend s
 database each). The client sends identical pre-encoded JSON bodies (MLflow's wire format) over
 keep-alive connections from a few threads, so the figures measure the servers, not the client.
 
-    /work/venv/bin/python benchmarks/mlflow_ingest.py [--runs 4] [--batches 10] [--rounds 5] [--batch-size 1000]
+    .venv/bin/python tests/benchmarks/mlflow_ingest.py [--runs 4] [--batches 10] [--rounds 5] [--batch-size 1000]
 
-Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth); full mlflow in /work/mlflow-venv
-(`python3 -m venv /work/mlflow-venv && /work/mlflow-venv/bin/pip install mlflow==3.17.2 psycopg2-binary`).
+Needs: PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth); full mlflow in .mlflow-venv
+(`python3 -m venv .mlflow-venv && .mlflow-venv/bin/pip install mlflow==3.17.2 psycopg2-binary`).
 Use --skip-mlflow to measure mlboard alone. Every request loop is bounded (count and time).
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import psycopg
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PG = "postgres://postgres@127.0.0.1:5432"
-MLFLOW_BIN = Path("/work/mlflow-venv/bin/mlflow")
+MLFLOW_BIN = Path(os.environ.get("MLFLOW_BIN", str(ROOT / ".mlflow-venv/bin/mlflow")))
 HOST = "127.0.0.1"
 DEADLINE_SECONDS = 900  # hard stop for the whole benchmark
 REQUEST_TIMEOUT = 120
