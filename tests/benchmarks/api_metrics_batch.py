@@ -8,28 +8,16 @@ the figures include parsing, validation, auth-free view code, the service and th
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
-os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _bootstrap import TMP  # noqa: F401  (sets up Django)
+from django.core.management import call_command
+from rest_framework.test import APIClient
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
-
-from experiments.models import Metric, User  # noqa: E402
-from experiments.services.boards import team_create  # noqa: E402
-from experiments.services.runs import run_create  # noqa: E402
+from experiments.models import Metric, User
+from experiments.services.boards import team_create
+from experiments.services.runs import run_create
 
 BATCH = 1000
 

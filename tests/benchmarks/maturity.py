@@ -12,32 +12,20 @@ prints query counts.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
-os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _bootstrap import TMP  # noqa: F401  (sets up Django)
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
-from django.utils import timezone  # noqa: E402
-
-from experiments import maturity as mm  # noqa: E402
-from experiments.models import (  # noqa: E402
+from experiments import maturity as mm
+from experiments.models import (
     Card,
     CardKind,
     CardRun,
@@ -50,9 +38,9 @@ from experiments.models import (  # noqa: E402
     Run,
     User,
 )
-from experiments.selectors.maturity import maturity_evidence, maturity_report  # noqa: E402
-from experiments.services.boards import board_create, team_create  # noqa: E402
-from experiments.services.maturity import maturity_snapshot_take  # noqa: E402
+from experiments.selectors.maturity import maturity_evidence, maturity_report
+from experiments.services.boards import board_create, team_create
+from experiments.services.maturity import maturity_snapshot_take
 
 DAYS = 365
 HYPOTHESES_PER_DAY = 2

@@ -13,34 +13,22 @@ and prints response sizes and query counts.
 from __future__ import annotations
 
 import math
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
-os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _bootstrap import TMP  # noqa: F401  (sets up Django)
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
-
-from experiments.models import LatestMetric, Metric, RunStatus, User  # noqa: E402
-from experiments.selectors.metrics import downsample  # noqa: E402
-from experiments.services.boards import board_create, team_create  # noqa: E402
-from experiments.services.cards import card_create  # noqa: E402
-from experiments.services.runs import card_link_run, run_create  # noqa: E402
+from experiments.models import LatestMetric, Metric, RunStatus, User
+from experiments.selectors.metrics import downsample
+from experiments.services.boards import board_create, team_create
+from experiments.services.cards import card_create
+from experiments.services.runs import card_link_run, run_create
 
 
 def timed(fn, repeat: int = 5) -> tuple[float, object]:

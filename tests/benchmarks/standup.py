@@ -12,30 +12,18 @@ the digest build, and prints query counts and page size.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-TMP = tempfile.mkdtemp(prefix="mlboard-bench-")
-os.environ.setdefault("DATABASE_URL", f"sqlite:///{TMP}/bench.sqlite3")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlboard.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _bootstrap import TMP  # noqa: F401  (sets up Django)
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
-from django.utils import timezone  # noqa: E402
-
-from experiments.models import (  # noqa: E402
+from experiments.models import (
     Board,
     Card,
     CardKind,
@@ -51,9 +39,9 @@ from experiments.models import (  # noqa: E402
     User,
     VerdictProposal,
 )
-from experiments.selectors.standup import standup_overview, standup_window  # noqa: E402
-from experiments.services.boards import board_create, membership_set, team_create  # noqa: E402
-from experiments.services.standup import standup_digest_build  # noqa: E402
+from experiments.selectors.standup import standup_overview, standup_window
+from experiments.services.boards import board_create, membership_set, team_create
+from experiments.services.standup import standup_digest_build
 
 METRIC = "val_auc"
 BOARDS = 5
