@@ -9,6 +9,7 @@ import time
 import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
+from django.db import connection
 
 from experiments.models import Board, CardKind, VerdictProposal
 from experiments.services.boards import board_create, team_create
@@ -48,6 +49,8 @@ def test_finished_runs_enqueue_verdict_evaluation_through_redis(redis_worker):
 
     def record(**_kwargs) -> None:
         executed_in.append(threading.get_ident())
+        # The worker thread's persistent DB connection would otherwise block dropping the test database.
+        connection.close()
 
     task_postrun.connect(record, weak=False)
     self_thread = threading.get_ident()
