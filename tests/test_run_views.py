@@ -542,3 +542,22 @@ def test_unknown_metric_column_is_reported_by_its_label(client_for, member, team
 
 def _names_from(body: str) -> list[str]:
     return re.findall(r'href="/runs/\d+/">([^<]+)</a>', body)
+
+
+def test_card_page_edit_button_returns_to_the_card(client_for, member, viewer, experiment):
+    page_url = reverse("card_detail", args=[experiment.pk])
+    edit_url = reverse("board_card_edit", args=[experiment.board_id, experiment.pk])
+    body = client_for(member).get(page_url).content.decode()
+    assert f'{edit_url}?next={page_url}' in body
+    assert edit_url not in client_for(viewer).get(page_url).content.decode()
+    # Saving the edit form lands back on the card page.
+    experiment.refresh_from_db()
+    response = client_for(member).post(
+        edit_url,
+        {"title": "Renamed experiment", "version": experiment.version, "parent": experiment.parent_id,
+         "plan": experiment.plan, "next": page_url},
+    )
+    assert response.status_code == 302, response.content.decode()[:500]
+    assert response["Location"] == page_url
+    experiment.refresh_from_db()
+    assert experiment.title == "Renamed experiment"
