@@ -126,18 +126,21 @@ def sync_all_mlflow_sources() -> list[int]:
 
 @shared_task(acks_late=True)
 def sync_mlflow_source(source_id: int) -> dict | None:
-    """Incremental import of one source; re-running imports nothing twice. Failures land in last_error."""
+    """Import of one source: incremental, plus a full pass once a day (late tags on old finished runs).
+    Re-running imports nothing twice. Failures land in last_error."""
     from .models import MlflowSource
-    from .services.mlflow_import import MlflowImportError, mlflow_source_sync
+    from .services.mlflow_import import MlflowImportError, mlflow_full_sync_due, mlflow_source_sync
 
     source = MlflowSource.objects.select_related("team").filter(pk=source_id, enabled=True).first()
     if source is None:
         return None
+    full = mlflow_full_sync_due(source=source)
     try:
-        summary = mlflow_source_sync(source=source)
+        summary = mlflow_source_sync(source=source, full=full)
     except MlflowImportError as exc:
-        return {"error": exc.message}
+        return {"error": exc.message, "full": full}
     return {
+        "full": full,
         "experiments": summary.experiments,
         "runs_created": summary.runs_created,
         "runs_updated": summary.runs_updated,

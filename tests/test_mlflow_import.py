@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import socket
 
@@ -20,8 +21,14 @@ from experiments.models import (
     VerdictProposal,
 )
 from experiments.services.cards import card_create
-from experiments.services.mlflow_import import MlflowImportError, mlflow_source_sync, mlflow_source_upsert
-from experiments.tasks import sync_all_mlflow_sources
+from experiments.services.mlflow_import import (
+    MlflowImportError,
+    mlflow_full_sync_due,
+    mlflow_last_full_sync,
+    mlflow_source_sync,
+    mlflow_source_upsert,
+)
+from experiments.tasks import sync_all_mlflow_sources, sync_mlflow_source
 
 from .test_mlflow_import_fake import FakeMlflow
 
@@ -270,3 +277,92 @@ def test_bad_run_is_reported_and_the_rest_imported(team, fake, source):
     with pytest.raises(CommandError, match="1 run"):
         call_command("import_mlflow", "vision", fake.url, "--source-name", "legacy", "--no-progress",
                      stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def _searches(fake: FakeMlflow) -> list[str]:
+    return [c.get("filter", "") for c in fake.calls("runs/search")]
+
+
+def _age_last_full_sync(source: MlflowSource, hours: float) -> None:
+    source.refresh_from_db()
+    moment = mlflow_last_full_sync(source=source) - dt.timedelta(hours=hours)
+    MlflowSource.objects.filter(pk=source.pk).update(cursor={**source.cursor, "last_full_sync": moment.isoformat()})
+
+
+def test_periodic_task_does_a_daily_full_pass_for_late_tags(team, board, fake, source):
+    card = card_create(board=board, kind="hypothesis", title="lr matters", actor=None)
+    first = sync_mlflow_source.delay(source.pk).get()
+    assert first["full"] is True and first["runs_created"] == 4  # never fully synced: full pass
+    source.refresh_from_db()
+    last_full = mlflow_last_full_sync(source=source)
+    assert last_full is not None and source.last_synced_at >= last_full
+    assert source.cursor["1"]["end_time"] == T0 + 6000  # experiment cursors live next to it
+
+    # A card tag set afterwards on r1, which finished long before the cursor.
+    fake.runs["r1"]["tags"].append({"key": "mlboard.card", "value": card.key})
+    fake.requests.clear()
+    result = sync_mlflow_source.delay(source.pk).get()
+    assert result["full"] is False and result["runs_updated"] == 0
+    assert "" not in _searches(fake)  # only filtered (incremental) listings
+    assert not CardRun.objects.filter(card=card).exists()
+    source.refresh_from_db()
+    assert mlflow_last_full_sync(source=source) == last_full  # an incremental pass does not count
+
+    _age_last_full_sync(source, hours=23)  # still within the day
+    fake.requests.clear()
+    assert sync_mlflow_source.delay(source.pk).get()["full"] is False
+    assert "" not in _searches(fake)
+
+    _age_last_full_sync(source, hours=2)  # now 25 h old
+    fake.requests.clear()
+    result = sync_mlflow_source.delay(source.pk).get()
+    assert result["full"] is True and result["runs_updated"] == 1 and result["runs_created"] == 0
+    assert _searches(fake) == ["", "", ""]  # churn (2 pages) and fraud listed without filters
+    assert fake.calls("metrics/get-history") == []  # unchanged histories are still not re-read
+    r1 = imported(team).get(external_id="r1")
+    assert r1.tags["mlboard.card"] == card.key
+    assert CardRun.objects.filter(card=card, run=r1).exists()
+    source.refresh_from_db()
+    assert mlflow_last_full_sync(source=source) > last_full
+    assert not mlflow_full_sync_due(source=source)
+
+    # The next tick is incremental again.
+    fake.requests.clear()
+    result = sync_mlflow_source.delay(source.pk).get()
+    assert result["full"] is False and result["runs_updated"] == 0 and result["runs_created"] == 0
+    assert _searches(fake) and "" not in _searches(fake)
+
+
+def test_failed_full_pass_is_retried_on_the_next_tick(team, fake, source):
+    sync_mlflow_source.delay(source.pk).get()
+    _age_last_full_sync(source, hours=25)
+    source.refresh_from_db()
+    stale = mlflow_last_full_sync(source=source)
+    MlflowSource.objects.filter(pk=source.pk).update(token="wrong")
+    result = sync_mlflow_source.delay(source.pk).get()
+    assert result["full"] is True and "credentials" in result["error"]
+    source.refresh_from_db()
+    assert mlflow_last_full_sync(source=source) == stale and mlflow_full_sync_due(source=source)
+    MlflowSource.objects.filter(pk=source.pk).update(token=TOKEN)
+    assert sync_mlflow_source.delay(source.pk).get()["full"] is True
+    source.refresh_from_db()
+    assert not mlflow_full_sync_due(source=source)
+
+
+@pytest.mark.parametrize(
+    ("value", "due"),
+    [
+        (None, True),
+        ("not a date", True),
+        (12345, True),
+        ("2026-01-01T11:00:00+00:00", False),  # 1 h ago
+        ("2026-01-01T12:00:00", False),  # naive values are read as UTC
+        ("2025-12-31T12:00:00+00:00", True),  # exactly 24 h ago
+        ("2026-01-02T12:00:00+00:00", True),  # in the future (clock change): not trusted
+    ],
+)
+def test_full_sync_due(team, value, due):
+    source = MlflowSource(team=team, name="x", tracking_uri="http://mlflow.example.com",
+                          cursor={} if value is None else {"1": {"start_time": 1}, "last_full_sync": value})
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    assert mlflow_full_sync_due(source=source, now=now) is due

@@ -9,7 +9,9 @@
   unchanged (same status, end time, tags and latest metric steps) costs no further request.
 - Servers that reject the attribute filters get a full listing instead; the unchanged check keeps
   that correct, just slower. The same full listing (`full=True`, `import_mlflow --full`) picks up
-  tags added to old, finished runs, which the time-based incremental query cannot see.
+  tags added to old, finished runs, which the time-based incremental query cannot see. The periodic
+  task does such a full pass once a day per source (`mlflow_full_sync_due`); the time of the last
+  completed full pass is kept in cursor["last_full_sync"] (ISO 8601), next to the per-experiment cursors.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -54,6 +56,9 @@ HISTORY_PAGE_SIZE = 25000  # MLflow's largest get-history page
 EXPERIMENTS_PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = 30.0
 ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.SCHEDULED)
+FULL_SYNC_INTERVAL = timedelta(hours=24)
+# Cursor key for the last full pass; MLflow experiment ids (the other keys) are numeric strings.
+LAST_FULL_SYNC_KEY = "last_full_sync"
 
 
 class MlflowImportError(DomainError):
@@ -62,6 +67,27 @@ class MlflowImportError(DomainError):
 
 def source_label(source: MlflowSource) -> str:
     return f"import:{source.name}"
+
+
+def mlflow_last_full_sync(*, source: MlflowSource) -> datetime | None:
+    """When the last complete full pass of `source` started, or None (never, or an unreadable value)."""
+    value = (source.cursor or {}).get(LAST_FULL_SYNC_KEY)
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+
+
+def mlflow_full_sync_due(*, source: MlflowSource, now: datetime | None = None) -> bool:
+    """The periodic sync is incremental, which never sees tags added later to old finished runs
+    (e.g. a late `mlboard.card`); so once a day per source it lists everything instead."""
+    last = mlflow_last_full_sync(source=source)
+    now = now or timezone.now()
+    # A time in the future (clock change) counts as stale rather than postponing full passes forever.
+    return last is None or last > now or now - last >= FULL_SYNC_INTERVAL
 
 
 # --- REST client ----------------------------------------------------------------------------------
@@ -276,8 +302,13 @@ def mlflow_source_sync(
     client: MlflowRestClient | None = None,
     full: bool = False,
 ) -> SyncSummary:
-    """Import everything new from `source`; errors that stop the sync are stored in last_error and raised."""
+    """Import everything new from `source`; errors that stop the sync are stored in last_error and raised.
+
+    `full` lists every run instead of only those started/ended since the cursor; a full pass that
+    completes records its start time in cursor["last_full_sync"].
+    """
     summary = SyncSummary()
+    started_at = timezone.now()
     try:
         ctx = _Context(
             source=source,
@@ -299,7 +330,13 @@ def mlflow_source_sync(
     source.last_error = "\n".join(summary.problems[:20])
     if len(summary.problems) > 20:
         source.last_error += f"\n… and {len(summary.problems) - 20} more."
-    MlflowSource.objects.filter(pk=source.pk).update(last_synced_at=source.last_synced_at, last_error=source.last_error)
+    fields: dict[str, Any] = {"last_synced_at": source.last_synced_at, "last_error": source.last_error}
+    if full:
+        # The start time, not the end: a tag set while the pass ran may have been missed by it.
+        # Runs that failed to import are in the experiments' "active" lists, so they are retried anyway.
+        source.cursor = {**(source.cursor or {}), LAST_FULL_SYNC_KEY: started_at.isoformat()}
+        fields["cursor"] = source.cursor
+    MlflowSource.objects.filter(pk=source.pk).update(**fields)
     return summary
 
 
