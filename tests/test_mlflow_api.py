@@ -8,7 +8,7 @@ import json
 import pytest
 from django.db import connection
 
-from experiments.models import LatestMetric, Metric, Run
+from experiments.models import LatestMetric, Metric, Run, TrackingExperiment
 from experiments.services.runs import MetricPoint, run_create, run_log_batch, tracking_experiment_get_or_create
 from experiments.services.tokens import token_authenticate, token_create
 
@@ -198,3 +198,58 @@ def test_oversized_batch_is_a_clear_400_not_a_server_error(post, team, member, s
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     response = post("runs/set-tag", {"run_id": run.external_id, "key": "note", "value": "x" * 5000})
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_viewer_never_creates_the_default_experiment(client, viewer, member, team, get, post):
+    secret = token_create(user=viewer, name="ro", team=team)[1]
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+    def viewer_call(method: str, route: str, payload: dict):
+        if method == "GET":
+            return client.get(f"{API}/{route}", payload, **headers)
+        return client.post(f"{API}/{route}", data=json.dumps(payload), content_type="application/json", **headers)
+
+    def default_exists() -> bool:
+        return TrackingExperiment.objects.filter(team=team, name="Default").exists()
+
+    # Reads of the missing Default experiment: MLflow's not-found error, nothing created.
+    response = viewer_call("GET", "experiments/get", {"experiment_id": "0"})
+    assert response.status_code == 404
+    assert response.json() == {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No Experiment with id=0 exists"}
+    response = viewer_call("GET", "experiments/get-by-name", {"experiment_name": "Default"})
+    assert response.status_code == 404
+    assert response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST" and "'Default'" in response.json()["message"]
+    response = viewer_call("POST", "runs/search", {"experiment_ids": ["0"]})
+    assert response.status_code == 200 and response.json() == {"runs": []}
+    # Writes that would create it: refused like any viewer write.
+    for route, payload in (
+        ("runs/create", {"experiment_id": "0", "run_name": "x"}),
+        ("runs/create", {"run_name": "no experiment id"}),
+        ("experiments/set-experiment-tag", {"experiment_id": "0", "key": "k", "value": "v"}),
+    ):
+        response = viewer_call("POST", route, payload)
+        assert response.status_code == 403, route
+        assert response.json()["error_code"] == "PERMISSION_DENIED" and "viewer" in response.json()["message"]
+    assert not default_exists() and not Run.objects.filter(team=team).exists()
+
+    # A member's first run creates it (as an MLflow server always has one); then the viewer reads it.
+    response = post("runs/create", {"experiment_id": "0", "run_name": "first"})
+    assert response.status_code == 200, response.content
+    default = TrackingExperiment.objects.get(team=team, name="Default")
+    response = viewer_call("GET", "experiments/get", {"experiment_id": "0"})
+    assert response.status_code == 200 and response.json()["experiment"]["experiment_id"] == str(default.pk)
+    response = viewer_call("GET", "experiments/get-by-name", {"experiment_name": "Default"})
+    assert response.status_code == 200 and response.json()["experiment"]["name"] == "Default"
+    response = viewer_call("POST", "runs/search", {"experiment_ids": ["0"]})
+    assert [r["info"]["run_name"] for r in response.json()["runs"]] == ["first"]
+    response = viewer_call("POST", "experiments/set-experiment-tag", {"experiment_id": "0", "key": "k", "value": "v"})
+    assert response.status_code == 403 and response.json()["error_code"] == "PERMISSION_DENIED"
+    default.refresh_from_db()
+    assert default.tags == {} and TrackingExperiment.objects.filter(team=team).count() == 1
+
+
+def test_member_read_of_missing_default_experiment_creates_it(team, get):
+    # Members keep MLflow's behaviour: experiment 0 always exists for them.
+    response = get("experiments/get", {"experiment_id": "0"})
+    assert response.status_code == 200 and response.json()["experiment"]["name"] == "Default"
+    assert TrackingExperiment.objects.filter(team=team, name="Default", source="mlboard").count() == 1

@@ -95,8 +95,12 @@ class Caller:
     def team(self) -> Team:
         return self.membership.team
 
+    @property
+    def can_write(self) -> bool:
+        return self.membership.role != Role.VIEWER
+
     def ensure_can_write(self) -> None:
-        if self.membership.role == Role.VIEWER:
+        if not self.can_write:
             raise MlflowApiError(
                 "PERMISSION_DENIED",
                 f"You are a viewer on team '{self.team.slug}'; viewers cannot log runs. "

@@ -119,6 +119,11 @@ def experiment_by_id(*, team: Team, experiment_id: str) -> TrackingExperiment | 
     return experiment
 
 
+def default_experiment(*, team: Team) -> TrackingExperiment | None:
+    """The team's Default experiment (id '0') if a writer has created it; reading never creates it."""
+    return TrackingExperiment.objects.filter(team=team, source="mlboard", name=DEFAULT_EXPERIMENT_NAME).first()
+
+
 def experiment_by_name(*, team: Team, name: str) -> TrackingExperiment | None:
     # Prefer mlboard's own experiment over an imported one of the same name.
     return (

@@ -18,13 +18,31 @@ from ..models import Run, RunStatus, TrackingExperiment
 from ..services import runs as run_services
 from ..services.runs import MetricPoint, ms_to_dt
 from . import selectors
-from .http import Body, Caller, MlflowApiError, error_response, invalid, mlflow_endpoint
+from .http import Body, Caller, error_response, invalid, mlflow_endpoint, not_found
+
+
+def _default_experiment(caller: Caller, *, write: bool, missing: str) -> TrackingExperiment:
+    """The team's Default experiment (id '0'). MLflow servers always have one, so members get it
+    created on first use; a viewer creates nothing: a read of a missing one is RESOURCE_DOES_NOT_EXIST
+    (`missing` is the message) and a write is PERMISSION_DENIED, as everywhere else."""
+    if write:
+        caller.ensure_can_write()
+    experiment = selectors.default_experiment(team=caller.team)
+    if experiment is not None:
+        return experiment
+    if not caller.can_write:
+        raise not_found(missing)
+    return run_services.tracking_experiment_default(team=caller.team)
+
+
+def _missing_id(experiment_id: str) -> str:
+    return f"No Experiment with id={experiment_id or selectors.DEFAULT_EXPERIMENT_ID} exists"
 
 
 def _experiment_for_write(caller: Caller, experiment_id: str) -> TrackingExperiment:
     experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
     if experiment is None:
-        experiment = run_services.tracking_experiment_default(team=caller.team)
+        experiment = _default_experiment(caller, write=True, missing=_missing_id(experiment_id))
     if experiment.lifecycle_stage != run_services.ACTIVE:
         raise invalid(f"The experiment {experiment.pk} must be in the 'active' state to log runs to it.")
     return experiment
@@ -94,7 +112,7 @@ def experiments_get(caller: Caller, body: Body) -> dict[str, Any]:
     experiment_id = body.string("experiment_id", required=True)
     experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
     if experiment is None:
-        experiment = run_services.tracking_experiment_default(team=caller.team)
+        experiment = _default_experiment(caller, write=False, missing=_missing_id(experiment_id))
     return {"experiment": selectors.experiment_json(experiment)}
 
 
@@ -102,10 +120,11 @@ def experiments_get(caller: Caller, body: Body) -> dict[str, Any]:
 def experiments_get_by_name(caller: Caller, body: Body) -> dict[str, Any]:
     name = body.string("experiment_name", required=True)
     experiment = selectors.experiment_by_name(team=caller.team, name=name)
+    missing = f"Could not find experiment with name '{name}'"
     if experiment is None and name == run_services.DEFAULT_EXPERIMENT_NAME:
-        experiment = run_services.tracking_experiment_default(team=caller.team)
+        experiment = _default_experiment(caller, write=False, missing=missing)
     if experiment is None:
-        raise MlflowApiError("RESOURCE_DOES_NOT_EXIST", f"Could not find experiment with name '{name}'")
+        raise not_found(missing)
     return {"experiment": selectors.experiment_json(experiment)}
 
 
@@ -128,9 +147,10 @@ def experiments_search(caller: Caller, body: Body) -> dict[str, Any]:
 @mlflow_endpoint("POST")
 def experiments_set_tag(caller: Caller, body: Body) -> dict[str, Any]:
     caller.ensure_can_write()
-    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=body.string("experiment_id", required=True))
+    experiment_id = body.string("experiment_id", required=True)
+    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
     if experiment is None:
-        experiment = run_services.tracking_experiment_default(team=caller.team)
+        experiment = _default_experiment(caller, write=True, missing=_missing_id(experiment_id))
     run_services.tracking_experiment_set_tag(
         experiment=experiment, key=body.string("key", required=True), value=body.get("value", "")
     )
