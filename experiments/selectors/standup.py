@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Max, Q, QuerySet, Value
 from django.utils import timezone
 
 from .. import stats as stats_lib
@@ -222,6 +222,19 @@ class RunRow:
             return self.end_time - self.start_time
         return None
 
+    @property
+    def tooltip(self) -> str:
+        """Chip title built in Python: a night can show thousands of chips, and one attribute beats
+        a dozen template lookups and filters per chip."""
+        parts = [self.label, self.status.lower()]
+        if self.seed is not None:
+            parts.append(f"seed {self.seed}")
+        duration = self.duration
+        if duration:
+            parts.append(str(duration))
+        parts.append(self.user_label)
+        return " · ".join(parts)
+
 
 @dataclass
 class CardStats:
@@ -371,10 +384,17 @@ def card_metric_stats(
     # subquery on the (key, run) index. Run status is filtered here in Python: with a status
     # condition in SQL, SQLite starts from the status index and probes every card per run.
     card_links = CardRun.objects.filter(card_id__in=card_ids)
+    # "Ended in the window" is computed by the database: converting thousands of end times to
+    # datetimes only to compare them with one moment was a large share of this function's time.
+    is_new = (
+        ExpressionWrapper(Q(run__end_time__gte=window_start), output_field=BooleanField())
+        if window_start is not None
+        else Value(False, output_field=BooleanField())
+    )
     links = [
-        (card_id, run_id, is_baseline, end_time)
-        for card_id, run_id, is_baseline, status, end_time in card_links.values_list(
-            "card_id", "run_id", "is_baseline", "run__status", "run__end_time"
+        (card_id, run_id, is_baseline, new)
+        for card_id, run_id, is_baseline, status, new in card_links.annotate(is_new=is_new).values_list(
+            "card_id", "run_id", "is_baseline", "run__status", "is_new"
         )
         if status == RunStatus.FINISHED
     ]
@@ -400,7 +420,7 @@ def card_metric_stats(
         key, direction, threshold = keyed[card.pk]
         if key:
             stats[card.pk] = CardStats(metric_key=key, direction=direction, threshold=threshold)
-    for card_id, run_id, is_baseline, end_time in links:
+    for card_id, run_id, is_baseline, new in links:
         s = stats.get(card_id)
         if s is None:
             continue
@@ -417,7 +437,7 @@ def card_metric_stats(
             s.nan_n += 1
             continue
         s.values.append(value)
-        if window_start is not None and end_time is not None and end_time >= window_start:
+        if new:
             s.new_n += 1
     for card in cards:
         s = stats.get(card.pk)
@@ -437,26 +457,29 @@ def card_metric_stats(
     return stats, per_run
 
 
-def _user_label(row: dict) -> str:
-    return row.get("user__display_name") or row.get("user__username") or row.get("user_name") or "unknown"
-
-
 RUN_FIELDS = (
     "id", "name", "external_id", "status", "start_time", "end_time", "seed",
     "user_name", "user__username", "user__display_name",
 )
+# Positions in a RUN_FIELDS tuple: runs stay plain tuples until they are shown.
+R_ID, R_STATUS, R_START, R_END = 0, 3, 4, 5
 
 
-def _run_row(row: dict) -> RunRow:
-    return RunRow(
-        id=row["id"],
-        name=row["name"] or row["external_id"][:12],
-        status=row["status"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        seed=row["seed"],
-        user_label=_user_label(row),
+def _run_row(row: tuple, *, baseline: bool = False, point: tuple[float, bool] | None = None) -> RunRow:
+    run_id, name, external_id, status, start, end, seed, user_name, username, display_name = row
+    result = RunRow(
+        id=run_id,
+        name=name or external_id[:12],
+        status=status,
+        start_time=start,
+        end_time=end,
+        seed=seed,
+        user_label=display_name or username or user_name or "unknown",
+        baseline=baseline,
     )
+    if point is not None:
+        result.value, result.is_nan = point
+    return result
 
 
 def _owner_sort(group: CardGroup) -> tuple:
@@ -469,8 +492,7 @@ def standup_overview(
     now = now or timezone.now()
     runs_qs = _runs_in_window(team=team, board=board, start=window.start, end=window.end)
     runs = {
-        row["id"]: _run_row(row)
-        for row in runs_qs.order_by("-end_time", "-start_time", "-id").values(*RUN_FIELDS)
+        row[R_ID]: row for row in runs_qs.order_by("-end_time", "-start_time", "-id").values_list(*RUN_FIELDS)
     }
     link_qs = CardRun.objects.filter(run__in=runs_qs.values("pk"))
     if board is not None:
@@ -484,45 +506,49 @@ def standup_overview(
     stats, per_run = card_metric_stats(cards=cards.values(), window_start=window.start)
 
     # Group runs by section and card; runs linked to several cards appear under each.
-    grouped: dict[str, dict[int, list[RunRow]]] = {"finished": {}, "failed": {}, "running": {}}
-    linked_runs: set[int] = set()
+    # Only (run tuple, is_baseline) pairs are grouped; RunRow objects are built for the few chips shown.
+    section_of = {status: "running" for status in ACTIVE_STATUSES} | {status: "failed" for status in FAILED_STATUSES}
+    grouped: dict[str, dict[int, list[tuple[tuple, bool]]]] = {"finished": {}, "failed": {}, "running": {}}
+    section_runs: dict[str, set[int]] = {"finished": set(), "failed": set(), "running": set()}
     for card_id, run_id, is_baseline in links:
         base = runs.get(run_id)
         if base is None or card_id not in cards:
             continue
-        linked_runs.add(run_id)
-        value = per_run.get(card_id, {}).get(run_id)
-        row = RunRow(**{**base.__dict__, "baseline": is_baseline})
-        if value is not None:
-            row.value, row.is_nan = value
-        section = (
-            "running" if row.status in ACTIVE_STATUSES else "failed" if row.status in FAILED_STATUSES else "finished"
-        )
-        grouped[section].setdefault(card_id, []).append(row)
+        section = section_of.get(base[R_STATUS], "finished")
+        grouped[section].setdefault(card_id, []).append((base, is_baseline))
+        section_runs[section].add(run_id)
+
+    def latest_first(pair: tuple[tuple, bool]) -> dt.datetime:
+        return pair[0][R_END] or pair[0][R_START] or now
 
     def groups(section: str) -> list[CardGroup]:
         result = []
-        for card_id, rows in grouped[section].items():
-            rows.sort(key=lambda r: (r.end_time or r.start_time or now), reverse=True)
-            result.append(
-                CardGroup(card=cards[card_id], runs=rows[:CHIPS_PER_CARD], total=len(rows), stats=stats.get(card_id))
-            )
+        for card_id, pairs in grouped[section].items():
+            pairs.sort(key=latest_first, reverse=True)
+            points = per_run.get(card_id, {})
+            chips = [
+                _run_row(base, baseline=is_baseline, point=points.get(base[R_ID]))
+                for base, is_baseline in pairs[:CHIPS_PER_CARD]
+            ]
+            result.append(CardGroup(card=cards[card_id], runs=chips, total=len(pairs), stats=stats.get(card_id)))
         return sorted(result, key=_owner_sort)
 
     finished, failed, running = groups("finished"), groups("failed"), groups("running")
     # Runs shown in each section (a run linked to two cards is counted once).
-    linked_counts = {
-        section: len({r.id for rows in grouped[section].values() for r in rows}) for section in grouped
-    }
+    linked_counts = {section: len(ids) for section, ids in section_runs.items()}
+    linked_runs = set().union(*section_runs.values())
 
-    unlinked_all: list[RunRow] = []
+    unlinked_ids: list[int] = []
     if board is None:
-        unlinked_all = [r for r in runs.values() if r.id not in linked_runs]
+        unlinked_ids = [run_id for run_id in runs if run_id not in linked_runs]
 
+    status_counts: dict[str, int] = defaultdict(int)
+    for row in runs.values():
+        status_counts[row[R_STATUS]] += 1
     counts = {
-        "finished": sum(1 for r in runs.values() if r.status == RunStatus.FINISHED),
-        "failed": sum(1 for r in runs.values() if r.status in FAILED_STATUSES),
-        "running": sum(1 for r in runs.values() if r.status in ACTIVE_STATUSES),
+        "finished": status_counts[RunStatus.FINISHED],
+        "failed": sum(status_counts[s] for s in FAILED_STATUSES),
+        "running": sum(status_counts[s] for s in ACTIVE_STATUSES),
         "cards": len(cards),
     }
 
@@ -548,7 +574,7 @@ def standup_overview(
         group.columns = columns_by_board.get(group.card.board_id, [])
     counts.update(
         {f"{section}_linked": n for section, n in linked_counts.items()},
-        proposals=len(proposals), stuck=len(stuck), wip_over=len(wip_over), unlinked=len(unlinked_all)
+        proposals=len(proposals), stuck=len(stuck), wip_over=len(wip_over), unlinked=len(unlinked_ids)
     )
     return StandupData(
         team=team,
@@ -561,8 +587,8 @@ def standup_overview(
         proposals=proposals,
         stuck=stuck,
         wip_over=wip_over,
-        unlinked=unlinked_all[:UNLINKED_SHOWN],
-        unlinked_total=len(unlinked_all),
+        unlinked=[_run_row(runs[run_id]) for run_id in unlinked_ids[:UNLINKED_SHOWN]],
+        unlinked_total=len(unlinked_ids),
         columns_by_board=dict(columns_by_board),
         boards=boards,
         cards=cards,
@@ -583,6 +609,10 @@ def standup_stuck_cards(*, team: Team, board: Board | None = None, now: dt.datet
         active_runs=Count("run_links", filter=Q(run_links__run__status__in=ACTIVE_STATUSES)),
     ).select_related("owner", "column", "board")
     limit = now - dt.timedelta(hours=team.stuck_after_hours)
+    # Only cards with no activity after the limit come back (each moment missing or older); spelled
+    # out with isnull because NULL comparisons would otherwise drop cards that never had a run.
+    for moment in ("last_start", "last_end", "last_link", "started_at"):
+        qs = qs.filter(Q(**{f"{moment}__isnull": True}) | Q(**{f"{moment}__lt": limit}))
     stuck = []
     for card in qs:
         moments = [m for m in (card.last_start, card.last_end, card.last_link, card.started_at) if m]
