@@ -340,3 +340,120 @@ def test_digest_detail_query_count(night, member, client_for, django_assert_num_
     assert len(bigger.content["cards"]) > len(digest.content["cards"])
     with django_assert_num_queries(len(first)):
         client.get(reverse("standup_digest_detail", args=[night.slug, bigger.pk]))
+
+
+# --- Links back to the app ---------------------------------------------------------------------
+
+SITE = "https://mlboard.example.com"
+
+
+@pytest.fixture
+def site_url(settings):
+    settings.SITE_URL = SITE
+    return SITE
+
+
+def card_url(card_id: int) -> str:
+    return SITE + reverse("card_detail", kwargs={"card_id": card_id})
+
+
+def night_cards(digest: StandupDigest) -> tuple[int, int]:
+    """(hypothesis id, experiment id) of the night fixture, from the stored content."""
+    by_key = {c["key"]: c["id"] for c in digest.content["cards"]}
+    return by_key["CHURN-1"], by_key["CHURN-2"]
+
+
+def test_email_links_to_the_standup_and_each_card(night, site_url):
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    hyp_id, exp_id = night_cards(digest)
+    standup_url = SITE + reverse("standup", kwargs={"team_slug": night.slug})
+    assert standup_digest_deliver(digest=digest)["email"] is True
+    (message,) = mail.outbox
+    # Plain text: the standup page under the window, each card's link on the line after it.
+    body = message.body
+    assert f"Open the standup: {standup_url}\n" in body
+    assert f"CHURN-1 Tenure features lift AUC: proposed supported (mo)\n    {card_url(hyp_id)}\n" in body
+    assert f"seed-7-oom [FAILED] on CHURN-1 by mo\n    {card_url(hyp_id)}\n" in body
+    assert f"Δ +0.04\n    {card_url(exp_id)}\n" in body
+    assert "scratch-notebook\n    http" not in body  # unlinked runs have no card to link to
+    html, _ = message.alternatives[0]
+    assert f'href="{standup_url}"' in html
+    assert f'<a href="{card_url(exp_id)}" style="color:#3557d6"><strong>CHURN-2</strong></a>' in html
+    assert f'<a href="{card_url(hyp_id)}" style="color:#3557d6">CHURN-1</a> by' in html  # the failed run's card
+    assert html.count(f'href="{card_url(hyp_id)}"') == 3  # proposal, failed run, card list
+
+
+def test_stored_text_links_match_the_email(night, site_url):
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    _, exp_id = night_cards(digest)
+    assert card_url(exp_id) in digest.text
+    standup_digest_deliver(digest=digest)
+    assert mail.outbox[0].body == digest.text  # the history page shows exactly what was emailed
+
+
+def test_board_digest_links_to_the_board_standup(night, board, site_url):
+    digest = standup_digest_build(team=night, board=board, window_end=window_end_now())
+    board_url = SITE + reverse("standup_board", kwargs={"team_slug": night.slug, "board_id": board.pk})
+    assert f"Open the standup: {board_url}\n" in digest.text
+    payload = standup_slack_payload(digest.content)
+    assert f"<{board_url}|Open the standup>" in payload["blocks"][2]["text"]["text"]
+
+
+def test_default_site_url_is_local(night, settings):
+    settings.SITE_URL = "http://127.0.0.1:8000/"  # a trailing slash does not double up
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    assert "Open the standup: http://127.0.0.1:8000/teams/vision/standup/\n" in digest.text
+
+
+def test_slack_blocks_link_cards_and_the_standup(night, site_url):
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    hyp_id, exp_id = night_cards(digest)
+    payload = standup_slack_payload(digest.content)
+    sections = {b["text"]["text"].split("\n", 1)[0]: b["text"]["text"] for b in payload["blocks"]
+                if b["type"] == "section"}
+    summary = payload["blocks"][2]["text"]["text"]
+    assert summary.endswith(f"<{SITE}/teams/vision/standup/|Open the standup>")
+    assert f"• <{card_url(hyp_id)}|CHURN-1> Tenure features lift AUC: supported" in sections["*Verdicts waiting*"]
+    assert f"• seed-7-oom on <{card_url(hyp_id)}|CHURN-1>" in sections["*Failed runs*"]
+    assert f"• <{card_url(exp_id)}|CHURN-2> Add tenure buckets (mo, " in sections["*Cards*"]
+
+
+def test_slack_escapes_text_but_not_links(night, site_url):
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    content = digest.content
+    content["cards"][0]["title"] = "AUC <0.9 & rising>"
+    cards = next(b["text"]["text"] for b in standup_slack_payload(content)["blocks"]
+                 if b["type"] == "section" and b["text"]["text"].startswith("*Cards*"))
+    assert "AUC &lt;0.9 &amp; rising&gt;" in cards
+    assert f"<{card_url(content['cards'][0]['id'])}|{content['cards'][0]['key']}>" in cards
+
+
+def test_long_slack_sections_drop_items_instead_of_cutting_links(night, site_url):
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    content = digest.content
+    template = content["cards"][0]
+    content["cards"] = [{**template, "id": 1000 + i, "key": f"CHURN-{100 + i}", "title": "x" * 200, "column": "y" * 100}
+                        for i in range(10)]
+    cards = next(b["text"]["text"] for b in standup_slack_payload(content)["blocks"]
+                 if b["type"] == "section" and b["text"]["text"].startswith("*Cards*"))
+    assert len(cards) <= 3000
+    shown = cards.count("• <")
+    assert 1 <= shown < 10 and cards.endswith(f"… and {10 - shown} more")
+    assert cards.count("<") == cards.count(">") == shown  # every link complete
+
+
+def test_digests_stored_before_links_still_send(night, site_url):
+    """Content from before cards carried ids (retries of an older digest) renders without card links."""
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    content = digest.content
+    for entry in content["cards"] + content["stuck"]:
+        entry.pop("id", None)
+    for entry in content["proposals"] + content["failed_runs"]:
+        entry.pop("card_id", None)
+    StandupDigest.objects.filter(pk=digest.pk).update(content=content)
+    digest.refresh_from_db()
+    payload = standup_slack_payload(digest.content)
+    assert "/cards/" not in json.dumps(payload) and "Open the standup>" in json.dumps(payload)
+    assert standup_digest_deliver(digest=digest)["email"] is True
+    html, _ = mail.outbox[0].alternatives[0]
+    assert "/cards/" not in html and "<strong>CHURN-2</strong>" in html

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from ..models import Board, Membership, StandupDigest, Team
@@ -32,6 +33,33 @@ CONTENT_VERSION = 1
 
 class DeliveryError(Exception):
     """A channel failed; the task retries and only the unsent channels go out again."""
+
+
+# --- Links -------------------------------------------------------------------------------------
+
+
+def absolute_url(path: str) -> str:
+    """An app path as an absolute link for email and Slack (SITE_URL: where people open mlboard)."""
+    return settings.SITE_URL.rstrip("/") + path
+
+
+def standup_link(content: dict[str, Any]) -> str:
+    """The standup page the digest summarises (the board's standup for a board digest)."""
+    slug = content["team"]["slug"]
+    board = content.get("board")
+    if board:
+        return absolute_url(reverse("standup_board", kwargs={"team_slug": slug, "board_id": board["id"]}))
+    return absolute_url(reverse("standup", kwargs={"team_slug": slug}))
+
+
+def card_link(card_id: int | None) -> str:
+    """Absolute link to a card's page; empty for digests stored before cards carried their id."""
+    if not card_id:
+        return ""
+    try:
+        return absolute_url(reverse("card_detail", kwargs={"card_id": card_id}))
+    except NoReverseMatch:
+        return ""
 
 
 # --- Content -----------------------------------------------------------------------------------
@@ -74,7 +102,8 @@ def standup_content(data: StandupData) -> dict[str, Any]:
     cards = [_card_entry(groups[pk], per_card[pk]) for pk in groups]
     cards.sort(key=lambda c: (c["owner"].lower(), c["key"]))
     failed_runs = [
-        {"name": run.label, "status": run.status, "card": group.card.key, "user": run.user_label}
+        {"name": run.label, "status": run.status, "card": group.card.key, "card_id": group.card.pk,
+         "user": run.user_label}
         for group in data.failed
         for run in group.runs
     ][:MAX_LISTED]
@@ -94,6 +123,7 @@ def standup_content(data: StandupData) -> dict[str, Any]:
             {
                 "id": p.pk,
                 "card": p.card.key,
+                "card_id": p.card_id,
                 "title": p.card.title,
                 "owner": str(p.card.owner) if p.card.owner_id else "Unassigned",
                 "proposed": p.proposed,
@@ -104,7 +134,8 @@ def standup_content(data: StandupData) -> dict[str, Any]:
         ],
         "stuck": [
             {
-                "key": s.card.key, "title": s.card.title, "board": s.card.board.name, "column": s.card.column.name,
+                "id": s.card.pk, "key": s.card.key, "title": s.card.title, "board": s.card.board.name,
+                "column": s.card.column.name,
                 "owner": str(s.card.owner) if s.card.owner_id else "Unassigned",
                 "idle_hours": int((data.window.end - s.last_activity).total_seconds() // 3600),
             }
@@ -170,6 +201,7 @@ def standup_text(content: dict[str, Any]) -> str:
     lines = [
         digest_title(content),
         window_label(content),
+        f"Open the standup: {standup_link(content)}",
         "",
         (
             f"Runs: {counts['finished']} finished, {counts['failed']} failed, {counts['running']} still running"
@@ -187,18 +219,25 @@ def standup_text(content: dict[str, Any]) -> str:
         if hidden > 0:
             lines.append(f"  … and {hidden} more")
 
+    def linked(text: str, card_id: int | None) -> str:
+        # The link on its own line so mail clients make it clickable whatever the text around it.
+        url = card_link(card_id)
+        return f"{text}\n    {url}" if url else text
+
     section(
         "Verdicts waiting for a decision",
-        [f"{p['card']} {p['title']}: proposed {p['proposed']} ({p['owner']})" for p in content["proposals"]],
+        [linked(f"{p['card']} {p['title']}: proposed {p['proposed']} ({p['owner']})", p.get("card_id"))
+         for p in content["proposals"]],
     )
     section(
         "Failed runs",
-        [f"{r['name']} [{r['status']}] on {r['card']} by {r['user']}" for r in content["failed_runs"]],
+        [linked(f"{r['name']} [{r['status']}] on {r['card']} by {r['user']}", r.get("card_id"))
+         for r in content["failed_runs"]],
         counts["failed"],
     )
-    section("Cards with overnight runs", [card_line(c) for c in content["cards"]])
-    section("Stuck cards", [f"{s['key']} {s['title']} — no new runs for {s['idle_hours']} h ({s['owner']})"
-                            for s in content["stuck"]])
+    section("Cards with overnight runs", [linked(card_line(c), c.get("id")) for c in content["cards"]])
+    section("Stuck cards", [linked(f"{s['key']} {s['title']} — no new runs for {s['idle_hours']} h ({s['owner']})",
+                                   s.get("id")) for s in content["stuck"]])
     section("Over WIP limit", [f"{w['board']} / {w['column']}: {w['count']} cards, limit {w['limit']}"
                                for w in content["wip_over"]])
     section("Runs not linked to a card", content["unlinked"]["sample"], content["unlinked"]["total"])
@@ -221,24 +260,41 @@ def standup_slack_payload(content: dict[str, Any]) -> dict[str, Any]:
         f"*{counts['finished']}* finished · *{counts['failed']}* failed · *{counts['running']}* running · "
         f"*{counts['proposals']}* verdicts waiting · *{counts['stuck']}* stuck · *{counts['wip_over']}* over WIP"
     )
+    standup_url = standup_link(content)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": digest_title(content)[:150]}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(window_label(content))}]},
-        {"type": "section", "text": {"type": "mrkdwn", "text": summary}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{summary}\n<{standup_url}|Open the standup>"}},
     ]
 
-    def add(title: str, items: list[str]) -> None:
-        if items:
-            body = "\n".join(f"• {_mrkdwn(i)}" for i in items[:10])
-            if len(items) > 10:
-                body += f"\n… and {len(items) - 10} more"
-            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{body}"[:3000]}})
+    def item(key: str, rest: str, card_id: int | None = None) -> str:
+        # The card key links to the card; link targets are not escaped, only the shown text.
+        url = card_link(card_id)
+        head = f"<{url}|{_mrkdwn(key)}>" if url else _mrkdwn(key)
+        return f"{head} {_mrkdwn(rest)}" if rest else head
 
-    add("Verdicts waiting", [f"{p['card']} {p['title']}: {p['proposed']}" for p in content["proposals"]])
-    add("Failed runs", [f"{r['name']} on {r['card']}" for r in content["failed_runs"]])
-    add("Cards", [card_line(c) for c in content["cards"]])
-    add("Stuck", [f"{s['key']} {s['title']} ({s['idle_hours']} h)" for s in content["stuck"]])
-    add("Over WIP", [f"{w['board']} / {w['column']}: {w['count']}/{w['limit']}" for w in content["wip_over"]])
+    def add(title: str, items: list[str]) -> None:
+        if not items:
+            return
+        shown = items[:10]
+        while True:
+            body = "\n".join(f"• {i}" for i in shown)
+            if len(items) > len(shown):
+                body += f"\n… and {len(items) - len(shown)} more"
+            # Drop whole items rather than cutting one mid-link when a section would pass Slack's limit.
+            if len(title) + len(body) <= 2990 or len(shown) == 1:
+                break
+            shown = shown[:-1]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{body}"[:3000]}})
+
+    add("Verdicts waiting", [item(p["card"], f"{p['title']}: {p['proposed']}", p.get("card_id"))
+                             for p in content["proposals"]])
+    add("Failed runs", [item(r["name"], f"on {r['card']}") if not r.get("card_id")
+                        else f"{_mrkdwn(r['name'])} on {item(r['card'], '', r['card_id'])}"
+                        for r in content["failed_runs"]])
+    add("Cards", [item(c["key"], card_line(c)[len(c["key"]) + 1:], c.get("id")) for c in content["cards"]])
+    add("Stuck", [item(s["key"], f"{s['title']} ({s['idle_hours']} h)", s.get("id")) for s in content["stuck"]])
+    add("Over WIP", [_mrkdwn(f"{w['board']} / {w['column']}: {w['count']}/{w['limit']}") for w in content["wip_over"]])
     text = f"{digest_title(content)}: {counts['finished']} finished, {counts['failed']} failed, " \
            f"{counts['running']} running, {counts['proposals']} verdicts waiting"
     return {"text": text, "blocks": blocks[:50]}
@@ -299,6 +355,15 @@ def _release(digest: StandupDigest, field: str, stamp: dt.datetime) -> None:
     StandupDigest.objects.filter(pk=digest.pk, **{field: stamp}).update(**{field: None})
 
 
+def _with_card_urls(content: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the content whose card, proposal, failed-run and stuck entries carry the card's absolute
+    "url" (computed at send time, so the stored content stays free of deployment details)."""
+    linked = dict(content)
+    for section, id_field in (("cards", "id"), ("proposals", "card_id"), ("failed_runs", "card_id"), ("stuck", "id")):
+        linked[section] = [{**entry, "url": card_link(entry.get(id_field))} for entry in content.get(section, [])]
+    return linked
+
+
 def standup_digest_send_email(*, digest: StandupDigest) -> bool:
     """Email the digest once. Returns True if this call sent it."""
     recipients = digest_recipients(digest.team)
@@ -317,8 +382,10 @@ def standup_digest_send_email(*, digest: StandupDigest) -> bool:
             to=recipients,
         )
         message.attach_alternative(
-            render_to_string("standup/email.html", {"content": content, "title": digest_title(content),
-                                                    "window_label": window_label(content)}),
+            render_to_string("standup/email.html", {
+                "content": _with_card_urls(content), "title": digest_title(content),
+                "window_label": window_label(content), "standup_url": standup_link(content),
+            }),
             "text/html",
         )
         message.send(fail_silently=False)
