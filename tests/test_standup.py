@@ -292,6 +292,30 @@ def test_stuck_cards(recent_window, board):
     assert data.stuck == []
 
 
+def test_stuck_cards_with_missing_moments(recent_window, board):
+    """Cards without runs or a start time are judged on what they have (the SQL filter keeps NULLs)."""
+    team = recent_window
+    running = column(board, Stage.RUNNING)
+    old = timezone.now() - dt.timedelta(hours=30)
+    never_ran = card_create(board=board, kind=CardKind.HYPOTHESIS, title="never ran", actor=None, column=running)
+    fresh = card_create(board=board, kind=CardKind.HYPOTHESIS, title="fresh", actor=None, column=running)
+    restarted = card_create(board=board, kind=CardKind.HYPOTHESIS, title="restarted", actor=None, column=running)
+    ended_recently = card_create(board=board, kind=CardKind.HYPOTHESIS, title="ended", actor=None, column=running)
+    Card.objects.filter(pk=never_ran.pk).update(started_at=None, created_at=old)
+    Card.objects.filter(pk=fresh.pk).update(started_at=None)  # created just now
+    Card.objects.filter(pk__in=[restarted.pk, ended_recently.pk]).update(created_at=old)
+    Card.objects.filter(pk=restarted.pk).update(started_at=timezone.now() - dt.timedelta(hours=1))
+    for card in (restarted, ended_recently):
+        run = add_run(team, card, ago_hours=30)
+        CardRun.objects.filter(run=run).update(created_at=old)
+    Card.objects.filter(pk=ended_recently.pk).update(started_at=old)
+    Run.objects.filter(card_links__card=ended_recently).update(end_time=timezone.now() - dt.timedelta(hours=2))
+
+    data = standup_overview(team=team, window=standup_window(team=team))
+    assert [s.card.title for s in data.stuck] == ["never ran"]
+    assert data.stuck[0].idle_hours == 30 and data.counts["stuck"] == 1
+
+
 def test_wip_over_limit(recent_window, board):
     running = column(board, Stage.RUNNING)  # default limit 4
     for i in range(5):

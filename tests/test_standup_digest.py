@@ -457,3 +457,18 @@ def test_digests_stored_before_links_still_send(night, site_url):
     assert standup_digest_deliver(digest=digest)["email"] is True
     html, _ = mail.outbox[0].alternatives[0]
     assert "/cards/" not in html and "<strong>CHURN-2</strong>" in html
+
+
+def test_stuck_cards_link_to_their_card(night, board, site_url):
+    from experiments.models import Card, Stage
+
+    stuck = card_create(board=board, kind=CardKind.HYPOTHESIS, title="Idle idea", actor=None,
+                        column=board.columns.get(stage=Stage.RUNNING))
+    old = timezone.now() - dt.timedelta(hours=30, minutes=30)
+    Card.objects.filter(pk=stuck.pk).update(started_at=old, created_at=old)
+    digest = standup_digest_build(team=night, window_end=window_end_now())
+    assert digest.content["stuck"][0]["id"] == stuck.pk
+    assert f"{stuck.key} Idle idea — no new runs for 30 h (Unassigned)\n    {card_url(stuck.pk)}\n" in digest.text
+    stuck_block = next(b["text"]["text"] for b in standup_slack_payload(digest.content)["blocks"]
+                       if b["type"] == "section" and b["text"]["text"].startswith("*Stuck*"))
+    assert f"<{card_url(stuck.pk)}|{stuck.key}> Idle idea (30 h)" in stuck_block
