@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode
 
-from django.db.models import Count, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
+from django.db.models import Count, IntegerField, Max, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from ..models import Board, Card, CardEvent, CardKind, CardRun, Column, Membership, Run, Tag, User
@@ -227,6 +227,29 @@ def column_totals(board: Board) -> list[dict[str, object]]:
             }
         )
     return result
+
+
+def board_stamp(board: Board) -> str:
+    """A short token that changes whenever any card on the board changes, so an open board page can
+    poll it cheaply and re-render only when needed. One query whatever the board's size: card count
+    (catches deletes), latest card update (edits, moves) and latest event id (flags, notes, run links,
+    which do not all touch updated_at)."""
+    cards = Card.objects.filter(board_id=board.pk).order_by().values("board_id")
+    events = CardEvent.objects.filter(board_id=board.pk).order_by().values("board_id")
+    row = (
+        Board.objects.filter(pk=board.pk)
+        .values(
+            n=Subquery(cards.annotate(n=Count("id")).values("n")),
+            updated=Subquery(cards.annotate(m=Max("updated_at")).values("m")),
+            event=Subquery(events.annotate(m=Max("id")).values("m")),
+        )
+        .first()
+    )
+    if row is None:
+        return "0"
+    updated = row["updated"]
+    micros = int(updated.timestamp() * 1_000_000) if updated is not None else 0
+    return f"{row['n'] or 0}-{row['event'] or 0}-{micros:x}"
 
 
 def column_card_ids(column: Column, *, exclude_id: int | None = None) -> list[int]:

@@ -26,6 +26,7 @@ from ..models import Board, Card, CardKind, Column, Membership, Role, Stage
 from ..selectors.board import (
     SWIMLANES,
     BoardFilters,
+    board_stamp,
     board_view,
     card_queryset,
     card_quick_view,
@@ -100,9 +101,21 @@ def board_page(request: HttpRequest, board_id: int) -> HttpResponse:
         "kinds": CardKind.choices,
         "swimlanes": SWIMLANES,
         "team_boards": list(Board.objects.filter(team_id=board.team_id, archived=False).only("id", "key", "name")),
+        "stamp": board_stamp(board),
         **_roles(membership),
     }
     return render(request, "board/board.html", context)
+
+
+@require_GET
+@board_endpoint
+def board_state(request: HttpRequest, board_id: int) -> HttpResponse:
+    """What an open board page polls: a stamp that changes whenever any card on the board changes.
+    Cheap (access check plus one query) and never cached, so polling every few seconds is fine."""
+    board, _membership = get_board_or_404(user=request.user, board_id=board_id)
+    response = JsonResponse({"board": board.pk, "stamp": board_stamp(board)})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @require_POST
@@ -122,6 +135,7 @@ def card_move_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
             {"ok": False, "error": "The card's version is missing; reload the board and try again."}, status=400
         )
     index = _target_index(request, column, card)
+    stamp_before = board_stamp(board)
     try:
         moved = card_move(card=card, to_column=column, actor=request.user, expected_version=version, index=index)
     except ConflictError as exc:
@@ -138,6 +152,10 @@ def card_move_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
             "card": {"id": moved.pk, "key": moved.key, "version": moved.version, "column": column.pk},
             "columns": column_totals(board),
             "message": f"{moved.key} moved to {column.name}, position {position}.",
+            # Lets the page adopt the new stamp when nothing else changed, so its own move does not
+            # look like a teammate's change on the next poll.
+            "stamp_before": stamp_before,
+            "stamp": board_stamp(board),
         }
     )
 

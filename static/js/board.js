@@ -4,6 +4,11 @@
  * card since this page loaded, and the card goes back where it was with a message saying who.
  * Listeners are delegated on document, so the board region can be re-rendered by htmx (filters)
  * without re-binding anything.
+ *
+ * Live updates: the page polls the board's state endpoint every ~10 s while the tab is visible and
+ * re-renders #board-region in place (same filters and swimlanes) when the stamp differs, unless the
+ * user is mid-action (dragging, quick view or a form open, keyboard-moving a card); then a small
+ * "Board updated" notice offers the refresh instead.
  */
 (function () {
   "use strict";
@@ -15,6 +20,7 @@
   const pending = new Set();   // card ids with a move in flight (their version is about to change)
   let drag = null;             // state of the current mouse drag
   let lastFocus = null;        // element to refocus when the quick view closes
+  let kbdMoved = null;         // card last moved with the keyboard (busy while it keeps focus)
 
   // --- Messages ---------------------------------------------------------------------------------
 
@@ -133,6 +139,7 @@
 
     if (data.ok) {
       card.dataset.version = data.card.version;
+      adoptStamp(data.stamp_before, data.stamp);
       updateColumns(data.columns);
       announce(data.message);
       refreshQuickView(id);
@@ -234,6 +241,7 @@
     }
     card.focus();
     card.scrollIntoView({ block: "nearest", inline: "nearest" });
+    kbdMoved = card;
     persist(card, from);
   }
 
@@ -327,6 +335,8 @@
       if (name === "reload") { window.location.reload(); return; }
       if (name === "dismiss-alert") { hideAlert(); return; }
       if (name === "close-quick") { closeQuickView(); return; }
+      if (name === "refresh-board") { refreshBoard(); return; }
+      if (name === "dismiss-stale") { hideStale(true); return; }
     }
     const quickLink = target.closest("a[data-quick-link]");
     if (quickLink && document.getElementById("quick-view")) {
@@ -382,6 +392,145 @@
       }
     }
   });
+
+  // --- Live updates -----------------------------------------------------------------------------
+
+  const POLL_MS = 10000;
+  const region = () => document.getElementById("board-region");
+  let pollTimer = null;
+  let polling = false;
+  let pollStopped = false;
+  let refreshing = false;
+  let dismissedStamp = null;   // "Later" hides the notice until the board changes again
+
+  function pollDelay() {
+    // Tests (and anyone debugging) may set window.mlboardBoardPollMs before the page loads.
+    const override = Number(window.mlboardBoardPollMs);
+    if (override > 0) return override;
+    const r = region();
+    const fromPage = Number(r && r.dataset.pollMs);
+    return fromPage > 0 ? fromPage : POLL_MS;
+  }
+
+  /* After our own move, take the server's new stamp only if nothing else had changed before it;
+   * otherwise keep the old one so the next poll still brings in the teammate's change. */
+  function adoptStamp(before, after) {
+    const r = region();
+    if (r && after && before === r.dataset.stamp) r.dataset.stamp = after;
+  }
+
+  function busyReason() {
+    if (drag) return "dragging";
+    if (pending.size) return "saving";
+    const panel = document.getElementById("quick-view");
+    if (panel && !panel.hidden) return "quick view";
+    if (document.querySelector(".htmx-request")) return "loading";
+    const active = document.activeElement;
+    if (active && active !== document.body) {
+      if (active.matches("input, textarea, select, [contenteditable=true]") && !active.closest(".board-toolbar")) {
+        return "form";
+      }
+      if (kbdMoved && active === kbdMoved) return "keyboard move";
+    }
+    return "";
+  }
+
+  function showStale(stamp) {
+    const box = document.getElementById("board-stale");
+    if (!box || stamp === dismissedStamp) return;
+    if (box.hidden) announce("Board updated. Press Refresh to see the changes.");
+    box.dataset.stamp = stamp;
+    box.hidden = false;
+  }
+
+  function hideStale(dismissed) {
+    const box = document.getElementById("board-stale");
+    if (!box) return;
+    if (dismissed) dismissedStamp = box.dataset.stamp || null;
+    box.hidden = true;
+  }
+
+  function focusedCardId() {
+    const active = document.activeElement;
+    const card = active && active.closest && active.closest("#board .card");
+    return card ? card.dataset.cardId : null;
+  }
+
+  /* Re-render the board region in place with the page's current filters and swimlanes. */
+  function refreshBoard() {
+    const r = region();
+    if (!r || refreshing) return Promise.resolve(false);
+    if (!window.htmx) { window.location.reload(); return Promise.resolve(false); }
+    refreshing = true;
+    const focusId = focusedCardId();
+    const collapsed = $$(".lane-toggle[aria-expanded=false]", r).map((t) => t.getAttribute("aria-controls"));
+    const scroller = boardEl();
+    const scroll = scroller ? [scroller.scrollLeft, scroller.scrollTop] : null;
+    const url = window.location.pathname + window.location.search;
+    return window.htmx
+      .ajax("GET", url, { target: "#board-region", select: "#board-region", swap: "outerHTML" })
+      .then(() => {
+        for (const id of collapsed) {
+          const toggle = $(`.lane-toggle[aria-controls="${CSS.escape(id)}"]`);
+          const row = document.getElementById(id);
+          if (toggle) toggle.setAttribute("aria-expanded", "false");
+          if (row) row.hidden = true;
+        }
+        const board = boardEl();
+        if (board && scroll) { board.scrollLeft = scroll[0]; board.scrollTop = scroll[1]; }
+        if (focusId) {
+          const card = document.getElementById(`card-${focusId}`);
+          if (card) card.focus({ preventScroll: true });
+        }
+        kbdMoved = null;
+        hideStale(false);
+        announce("Board updated");
+        return true;
+      })
+      .catch(() => false)
+      .finally(() => { refreshing = false; });
+  }
+
+  async function checkBoard() {
+    const r = region();
+    if (!r || !r.dataset.stateUrl || polling || pollStopped) return;
+    if (document.visibilityState !== "visible") return;
+    polling = true;
+    try {
+      let response;
+      try {
+        response = await fetch(r.dataset.stateUrl, {
+          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" },
+        });
+      } catch (err) {
+        return; // offline for a moment: try again on the next tick
+      }
+      // Signed out, access removed or board gone: stop asking rather than polling a login page.
+      if (response.redirected || [401, 403, 404].includes(response.status)) { pollStopped = true; return; }
+      if (!response.ok) return;
+      const data = await response.json();
+      const current = region();
+      if (!data.stamp || !current || data.stamp === current.dataset.stamp) return;
+      if (busyReason()) { showStale(data.stamp); return; }
+      await refreshBoard();
+    } finally {
+      polling = false;
+    }
+  }
+
+  function schedulePoll() {
+    window.clearTimeout(pollTimer);
+    if (pollStopped || !region()) return;
+    pollTimer = window.setTimeout(() => { checkBoard().finally(schedulePoll); }, pollDelay());
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") checkBoard().finally(schedulePoll);
+    else window.clearTimeout(pollTimer);
+  });
+  // Lets a test or the console check right away instead of waiting for the next tick.
+  window.mlboardBoardPoll = checkBoard;
+  schedulePoll();
 
   // The filter form lives outside the swapped region; keep the quick view when filters change.
   document.addEventListener("htmx:afterSwap", (event) => {
