@@ -3,7 +3,7 @@
 from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import reports, views
 
 router = SimpleRouter()
 router.register("teams", views.TeamViewSet, basename="api-team")
@@ -16,5 +16,13 @@ router.register("tokens", views.TokenViewSet, basename="api-token")
 urlpatterns = [
     path("", views.api_index, name="api-index"),
     *router.urls,
+    path("teams/<slug:slug>/reports/velocity/", reports.VelocityReportView.as_view(), name="api-report-velocity"),
+    path("teams/<slug:slug>/reports/flow/", reports.FlowReportView.as_view(), name="api-report-flow"),
+    path("teams/<slug:slug>/reports/maturity/", reports.MaturityReportView.as_view(), name="api-report-maturity"),
+    path(
+        "teams/<slug:slug>/reports/maturity/snapshots/",
+        reports.MaturitySnapshotsView.as_view(),
+        name="api-report-maturity-snapshots",
+    ),
     re_path(r"^(?P<path>.*)$", views.not_found, name="api-not-found"),
 ]
