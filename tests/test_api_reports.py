@@ -408,3 +408,32 @@ def test_maturity_query_counts_are_constant(api_for, member, team, board, django
     count, body = _counted(client, url(team, "maturity/snapshots"), {}, django_assert_num_queries,
                            lambda: _maturity_rows(team, board, member, 60, 60))
     assert count == 2 and len(body["snapshots"]) == 120
+
+
+# --- OpenAPI ---------------------------------------------------------------------------------------------
+
+
+def test_schema_documents_the_report_endpoints(tmp_path):
+    import yaml
+    from django.core.management import call_command
+    from drf_spectacular.drainage import GENERATOR_STATS
+
+    GENERATOR_STATS.reset()
+    out = tmp_path / "schema.yml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
+    paths = yaml.safe_load(out.read_text())["paths"]
+    expected = {
+        "velocity": {"slug", "group", "start", "end", "board"},
+        "flow": {"slug", "group", "start", "end", "board", "kind"},
+        "maturity": {"slug"},
+        "maturity/snapshots": {"slug", "limit"},
+    }
+    for report, params in expected.items():
+        operation = paths[f"/api/teams/{{slug}}/reports/{report}/"]["get"]
+        assert {p["name"] for p in operation["parameters"]} == params
+        assert {"200", "400", "404"} <= set(operation["responses"])
+        assert "$ref" in operation["responses"]["200"]["content"]["application/json"]["schema"]
+
+
+def test_format_parameter_is_not_a_report_filter(api_for, member, team):
+    assert api_for(member).get(url(team, "velocity"), {"format": "json"}).status_code == 200

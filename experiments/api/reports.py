@@ -457,7 +457,7 @@ class TeamReportView(APIView):
     def membership(self, slug: str) -> Membership:
         return get_membership_or_404(user=self.request.user, team_slug=slug)
 
-    def render(self, serializer_class: type[serializers.Serializer], data: Any, team: Team) -> Response:
+    def respond(self, serializer_class: type[serializers.Serializer], data: Any, team: Team) -> Response:
         with timezone.override(team_zone(team)):
             return Response(serializer_class(data).data)
 
@@ -483,7 +483,7 @@ class VelocityReportView(TeamReportView):
         report = velocity_report(team=team, params=params)
         data = {"team": team.slug, "params": _params_out(team, params), "has_data": report.has_data,
                 "periods": report.rows, "totals": report.totals, "outside_iterations": report.outside_iterations}
-        return self.render(VelocityReportSerializer, data, team)
+        return self.respond(VelocityReportSerializer, data, team)
 
 
 class FlowReportView(TeamReportView):
@@ -495,7 +495,7 @@ class FlowReportView(TeamReportView):
     def get(self, request: Request, slug: str) -> Response:
         team = self.membership(slug).team
         params = report_params(team, _query(request, FlowQuerySerializer), kinds=tuple(KIND_LABELS))
-        return self.render(FlowReportSerializer, flow_data(team, flow_report(team=team, params=params)), team)
+        return self.respond(FlowReportSerializer, flow_data(team, flow_report(team=team, params=params)), team)
 
 
 class MaturityReportView(TeamReportView):
@@ -509,7 +509,7 @@ class MaturityReportView(TeamReportView):
     def get(self, request: Request, slug: str) -> Response:
         team = self.membership(slug).team
         _query(request, NoQuerySerializer)
-        return self.render(MaturityReportSerializer, maturity_data(maturity_report(team=team)), team)
+        return self.respond(MaturityReportSerializer, maturity_data(maturity_report(team=team)), team)
 
 
 class MaturitySnapshotsView(TeamReportView):
@@ -521,4 +521,4 @@ class MaturitySnapshotsView(TeamReportView):
         team = self.membership(slug).team
         limit = _query(request, SnapshotQuerySerializer)["limit"]
         data = {"team": team.slug, "snapshots": maturity_trend(team=team, limit=limit)}
-        return self.render(SnapshotListSerializer, data, team)
+        return self.respond(SnapshotListSerializer, data, team)
