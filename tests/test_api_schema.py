@@ -94,3 +94,5 @@ def test_api_index_lists_resources_and_docs(db):
     body = APIClient().get("/api/").json()
     assert body["docs"].endswith("/api/docs/") and body["schema"].endswith("/api/schema/")
     assert set(body["resources"]) == {"teams", "boards", "cards", "runs", "links", "tokens"}
+    assert body["reports"]["velocity"].endswith("/api/teams/{team}/reports/velocity/")
+    assert set(body["reports"]) == {"velocity", "flow", "maturity"}

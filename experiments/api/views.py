@@ -474,6 +474,9 @@ def api_index(request: HttpRequest) -> JsonResponse:
             "schema": base + "schema/",
             "authentication": "Session cookie, or 'Authorization: Bearer <token>' (Account > API tokens).",
             "resources": {name: f"{base}{name}/" for name in API_RESOURCES},
+            "reports": {
+                name: f"{base}teams/{{team}}/reports/{name}/" for name in ("velocity", "flow", "maturity")
+            },
         }
     )
 
