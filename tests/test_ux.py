@@ -125,6 +125,9 @@ def test_phone_width_pages_do_not_scroll_sideways(page, login, live_server, mana
         reverse("standup", args=[team.slug]),
         reverse("runs", args=[team.slug]),
         reverse("team_settings", args=[team.slug]),
+        reverse("team_members", args=[team.slug]),
+        reverse("iterations", args=[team.slug]),
+        reverse("maturity", args=[team.slug]),
     ):
         page.goto(live_server.url + url)
         widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
