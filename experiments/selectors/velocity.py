@@ -559,7 +559,8 @@ def velocity_csv_rows(report: VelocityReport) -> list[list[str]]:
 BASE_LAYOUT: dict[str, Any] = {
     "margin": {"l": 48, "r": 16, "t": 8, "b": 40},
     "height": 280,
-    "legend": {"orientation": "h", "y": -0.22},
+    # Legend above the plot: below it, it collides with rotated date ticks on narrow screens.
+    "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"},
     "font": {"family": "-apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
     "paper_bgcolor": "rgba(0,0,0,0)",
     "plot_bgcolor": "rgba(0,0,0,0)",
