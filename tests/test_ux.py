@@ -134,3 +134,14 @@ def test_phone_width_pages_do_not_scroll_sideways(page, login, live_server, mana
         assert widths[0] <= widths[1], (url, widths)
         # Every section link stays reachable (the nav row scrolls on its own if it must).
         assert page.locator(".topnav a").count() == 6
+
+
+@pytest.mark.django_db
+def test_login_page_explains_redirects_and_bad_passwords(client, member):
+    page = client.get(reverse("login") + "?next=/teams/x/runs/").content.decode()
+    assert "Log in to continue to that page." in page
+    failed = client.post(reverse("login"), {"username": member.username, "password": "wrong"})
+    body = failed.content.decode()
+    assert failed.status_code == 200
+    assert "didn't match" in body
+    assert f'value="{member.username}"' in body  # the username is kept
