@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served locally (self-hosted, no CDN)
     "django_htmx",
     "experiments",
 ]
@@ -149,6 +150,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "mlboard API",
     "DESCRIPTION": "Hypotheses, experiments, results and the tracked runs behind them.",
     "VERSION": "1.0.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # mlflow's batch limits, mirrored so the compatible endpoint rejects what mlflow rejects.

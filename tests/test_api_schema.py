@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from django.core.management import call_command
@@ -67,6 +69,14 @@ def test_schema_and_docs_are_served(db):
     assert "/api/runs/{id}/metrics/" in response.json()["paths"]
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+    # Self-hosted: the Swagger UI assets come from this server, never from a CDN.
+    html = docs.content.decode()
+    assert "cdn." not in html and "jsdelivr" not in html
+    bundle = re.search(r'src="(/static/[^"]*swagger-ui-bundle\.js)"', html)
+    assert bundle, html[:500]
+    from django.contrib.staticfiles import finders
+
+    assert finders.find(bundle.group(1).removeprefix("/static/"))
 
 
 def test_unknown_api_path_is_json_404(db):
