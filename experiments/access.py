@@ -55,7 +55,7 @@ def get_card_or_404(*, user: User, card_id: int) -> tuple[Card, Membership]:
 
 
 def ensure_can_edit(membership: Membership | None) -> None:
-    if membership is None or membership.role == Role.VIEWER:
+    if membership is None or not membership.can_edit:
         raise PermissionDeniedError("Viewers cannot change anything on this team.")
 
 

@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..errors import ConflictError, DomainError, PermissionDeniedError
-from ..models import ApiToken, Membership, Role, Team, User
+from ..models import ApiToken, Membership, Team, User
 from ..services.runs import IngestError
 from ..services.tokens import token_authenticate
 
@@ -97,7 +97,7 @@ class Caller:
 
     @property
     def can_write(self) -> bool:
-        return self.membership.role != Role.VIEWER
+        return self.membership.can_edit
 
     def ensure_can_write(self) -> None:
         if not self.can_write:

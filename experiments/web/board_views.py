@@ -81,7 +81,7 @@ def _safe_next(request: HttpRequest, default: str) -> str:
 
 
 def _roles(membership: Membership) -> dict[str, bool]:
-    return {"can_edit": membership.role != Role.VIEWER, "is_manager": membership.role == Role.MANAGER}
+    return {"can_edit": membership.can_edit, "is_manager": membership.role == Role.MANAGER}
 
 
 # --- Board page ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods
 from .. import maturity as mm
 from ..access import get_membership_or_404
 from ..errors import PermissionDeniedError
-from ..models import Membership, Role
+from ..models import Membership
 from ..selectors.maturity import MaturityReport, assessment_for, maturity_report, maturity_trend
 from ..services.maturity import AnswersError, maturity_assessment_submit, maturity_snapshot_take
 
@@ -294,7 +294,7 @@ def maturity_assess(request: HttpRequest, team_slug: str) -> HttpResponse:
     return render(request, "maturity/assess.html", {
         "team": team,
         "membership": membership,
-        "can_edit": membership.role != Role.VIEWER,
+        "can_edit": membership.can_edit,
         "tab": "assess",
         "stages": _questionnaire(answers, errors),
         "errors": errors,

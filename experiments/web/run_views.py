@@ -30,7 +30,6 @@ from ..models import (
     Direction,
     EventKind,
     Membership,
-    Role,
     Run,
     RunStatus,
     VerdictChoice,
@@ -77,10 +76,6 @@ def _decorate_durations(runs: list[Run]) -> None:
     now = timezone.now()
     for run in runs:
         run.duration_text = duration_text(run, now)  # type: ignore[attr-defined]
-
-
-def _can_edit(membership: Membership) -> bool:
-    return membership.role != Role.VIEWER
 
 
 # --- Runs list ----------------------------------------------------------------------------------
@@ -426,7 +421,7 @@ def _card_context(request: HttpRequest, card: Card, membership: Membership, **ex
     return {
         "team": card.board.team,
         "membership": membership,
-        "can_edit": _can_edit(membership),
+        "can_edit": membership.can_edit,
         "card": card,
         "page": page,
         "events": [_event_view(e) for e in page.events],
@@ -472,7 +467,7 @@ def card_run_search(request: HttpRequest, card_id: int) -> HttpResponse:
     _decorate_durations(results)
     return render(
         request, "cards/_run_search.html",
-        {"card": card, "results": results, "q": text, "can_edit": _can_edit(membership)},
+        {"card": card, "results": results, "q": text, "can_edit": membership.can_edit},
     )
 
 
