@@ -32,6 +32,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ..access import membership_for
 from ..errors import ConflictError, DomainError, PermissionDeniedError
 from ..models import (
     Card,
@@ -41,8 +42,6 @@ from ..models import (
     Direction,
     EventKind,
     LatestMetric,
-    Membership,
-    Role,
     RunStatus,
     Stage,
     User,
@@ -357,12 +356,8 @@ def verdict_propose(*, card: Card) -> VerdictProposal | None:
 
 
 def _ensure_decider(*, actor: User, card: Card) -> None:
-    role = (
-        Membership.objects.filter(user_id=actor.pk, team_id=card.board.team_id).values_list("role", flat=True).first()
-        if actor is not None and actor.is_authenticated
-        else None
-    )
-    if role not in (Role.MANAGER, Role.MEMBER):
+    membership = membership_for(user=actor, team=card.board.team_id) if actor is not None else None
+    if membership is None or not membership.can_edit:
         raise PermissionDeniedError("Only team members and managers can decide a verdict; viewers can only read.")
 
 
