@@ -33,7 +33,6 @@ from ..selectors.velocity import (
     parse_report_params,
     velocity_report,
 )
-from ..services.iterations import team_zone
 from .serializers import ErrorSerializer, StrictSerializer
 
 IGNORED_PARAMS = frozenset({"format"})  # DRF's renderer override, not a report filter
@@ -100,7 +99,7 @@ def report_params(team: Team, query: dict[str, Any], *, kinds: tuple[str, ...]) 
         boards = list(Board.objects.filter(team=team, pk=query["board"]))
         if not boards:
             problems["board"] = [f"No board with id {query['board']} on this team."]
-    start, end = query.get("start"), query.get("end") or local_today(team_zone(team))
+    start, end = query.get("start"), query.get("end") or local_today(team.zone)
     if start is not None and start > end:
         problems["start"] = [f"The start date {start} is after the end date {end}."]
     elif start is not None and (end - start).days + 1 > MAX_RANGE_DAYS:
@@ -458,7 +457,7 @@ class TeamReportView(APIView):
         return get_membership_or_404(user=self.request.user, team_slug=slug)
 
     def respond(self, serializer_class: type[serializers.Serializer], data: Any, team: Team) -> Response:
-        with timezone.override(team_zone(team)):
+        with timezone.override(team.zone):
             return Response(serializer_class(data).data)
 
 

@@ -13,7 +13,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db.models import BooleanField, Count, ExpressionWrapper, F, Max, Q, QuerySet, Value
 from django.utils import timezone
@@ -46,12 +45,6 @@ UNLINKED_SHOWN = 50
 # --- Window ------------------------------------------------------------------------------------
 
 
-def team_tz(team: Team) -> dt.tzinfo:
-    try:
-        return ZoneInfo(team.timezone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return dt.UTC
-
 
 def _at(day: dt.date, time: dt.time, tz: dt.tzinfo) -> dt.datetime:
     # zoneinfo resolves DST gaps/folds itself (fold=0: the earlier offset). Returned in UTC because
@@ -65,7 +58,7 @@ def window_start_before(team: Team, moment: dt.datetime) -> dt.datetime:
 
     With the default 18:00 this is 18:00 yesterday all morning (and 18:00 today once the evening starts).
     """
-    tz = team_tz(team)
+    tz = team.zone
     local = moment.astimezone(tz)
     candidate = _at(local.date(), team.standup_window_start, tz)
     if candidate >= moment:
@@ -75,12 +68,12 @@ def window_start_before(team: Team, moment: dt.datetime) -> dt.datetime:
 
 def standup_at(team: Team, day: dt.date) -> dt.datetime:
     """The team's standup on a given local day, as an aware datetime."""
-    return _at(day, team.standup_time, team_tz(team))
+    return _at(day, team.standup_time, team.zone)
 
 
 def standup_today(team: Team, now: dt.datetime | None = None) -> dt.datetime:
     now = now or timezone.now()
-    return standup_at(team, now.astimezone(team_tz(team)).date())
+    return standup_at(team, now.astimezone(team.zone).date())
 
 
 def digest_window(team: Team, window_end: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -98,7 +91,7 @@ def parse_since(value: str | None, *, team: Team, now: dt.datetime) -> dt.dateti
     value = (value or "").strip()
     if not value:
         return None
-    tz = team_tz(team)
+    tz = team.zone
     match = _RELATIVE.match(value)
     if match:
         amount, unit = int(match.group(1)), match.group(2).lower()
@@ -150,7 +143,7 @@ def standup_window(*, team: Team, now: dt.datetime | None = None, since: str | N
     now = now.astimezone(dt.UTC)
     custom = parse_since(since, team=team, now=now)
     start = custom or window_start_before(team, now)
-    return Window(start=start, end=now, tz=team_tz(team), custom=custom is not None)
+    return Window(start=start, end=now, tz=team.zone, custom=custom is not None)
 
 
 # --- Overview ----------------------------------------------------------------------------------

@@ -47,7 +47,6 @@ from ..models import (
     VerdictProposal,
     VerdictStatus,
 )
-from ..services.iterations import team_zone
 
 GROUPS: dict[str, str] = {"day": "Day", "week": "Week", "iteration": "Iteration"}
 DEFAULT_DAYS: dict[str, int] = {"day": 14, "week": 84, "iteration": 14}
@@ -122,7 +121,7 @@ def parse_report_params(
 ) -> ReportParams:
     """Read group/from/to/board/kind from a query dict; bad values fall back to defaults with a message."""
     errors: list[str] = []
-    zone = team_zone(team)
+    zone = team.zone
     group = data.get("group") or default_group
     if group not in GROUPS:
         errors.append(f"Unknown grouping '{group}'; choose day, week or iteration.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -31,15 +30,8 @@ from ..models import (
 from .cards import event_record
 
 
-def team_zone(team: Team) -> dt.tzinfo:
-    try:
-        return ZoneInfo(team.timezone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return dt.UTC
-
-
 def iteration_default_name(*, team: Team, start: dt.datetime, end: dt.datetime) -> str:
-    zone = team_zone(team)
+    zone = team.zone
     first = timezone.localtime(start, zone).date()
     last = timezone.localtime(end - dt.timedelta(microseconds=1), zone).date()
     if end - start <= dt.timedelta(days=1):  # a 1-day iteration is named after the day it starts
@@ -68,11 +60,11 @@ def iteration_create(
 ) -> Iteration:
     """Plan an iteration. `end` defaults to start + the team's iteration length."""
     if timezone.is_naive(start):
-        start = timezone.make_aware(start, team_zone(team))
+        start = timezone.make_aware(start, team.zone)
     if end is None:
         end = start + dt.timedelta(days=team.iteration_days or 1)
     elif timezone.is_naive(end):
-        end = timezone.make_aware(end, team_zone(team))
+        end = timezone.make_aware(end, team.zone)
     if end <= start:
         raise DomainError("An iteration must end after it starts.", field="end")
     if end - start > dt.timedelta(days=90):
@@ -88,7 +80,7 @@ def iteration_create(
 
 
 def _span(team: Team, iteration: Iteration) -> str:
-    zone = team_zone(team)
+    zone = team.zone
     return (
         f"{timezone.localtime(iteration.start, zone):%Y-%m-%d %H:%M} → "
         f"{timezone.localtime(iteration.end, zone):%Y-%m-%d %H:%M}"

@@ -22,7 +22,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from ..models import Board, Membership, StandupDigest, Team
-from ..selectors.standup import CardGroup, StandupData, Window, standup_overview, team_tz, window_start_before
+from ..selectors.standup import CardGroup, StandupData, Window, standup_overview, window_start_before
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def standup_digest_preview(
     """Content and text of a digest without storing anything (the management command prints this)."""
     window_end = window_end or timezone.now()
     window_start = window_start or window_start_before(team, window_end)
-    window = Window(start=window_start, end=window_end, tz=team_tz(team), custom=False)
+    window = Window(start=window_start, end=window_end, tz=team.zone, custom=False)
     content = standup_content(standup_overview(team=team, board=board, window=window, now=window_end))
     return content, standup_text(content)
 

@@ -36,7 +36,6 @@ from ..services.iterations import (
     iteration_create,
     iteration_start,
     iteration_uncommit_card,
-    team_zone,
 )
 
 ITERATIONS_PER_PAGE = 30
@@ -161,7 +160,7 @@ class IterationForm(forms.Form):
 
 def _suggested_start(team: Team, latest: Iteration | None) -> dt.datetime:
     """The end of the latest iteration if it is recent, else today's standup time (team timezone)."""
-    zone = team_zone(team)
+    zone = team.zone
     now = timezone.now()
     if latest is not None and latest.end >= now - dt.timedelta(days=1):
         return timezone.localtime(latest.end, zone)
@@ -183,7 +182,7 @@ def _forbidden(request: HttpRequest, membership: Membership, error: PermissionDe
 def iterations(request: HttpRequest, team_slug: str) -> HttpResponse:
     membership = _membership(request, team_slug)
     team = membership.team
-    zone = team_zone(team)
+    zone = team.zone
     form: IterationForm | None = None
     if request.method == "POST":
         try:
