@@ -257,6 +257,22 @@ def test_change_vs_baseline_with_spread_across_seeds(recent_window, board, membe
     assert {r.label: r.value_display for r in group.runs}["diverged"] == "NaN"
 
 
+def test_baseline_precedence_matches_the_verdict(recent_window, board):
+    from experiments.services.verdicts import verdict_evaluate
+
+    hyp = hypothesis(board)
+    reference = add_run(recent_window, value=0.78, ago_hours=40)
+    exp = experiment(hyp, baseline_value=0.70)
+    Card.objects.filter(pk=exp.pk).update(baseline_run=reference)
+    for seed, value in enumerate([0.80, 0.81, 0.82]):
+        add_run(recent_window, exp, value=value, seed=seed)
+    data = standup_overview(team=recent_window, window=standup_window(team=recent_window))
+    s = data.finished[0].stats
+    # The experiment's baseline run wins over its typed-in baseline value, as in the verdict.
+    assert (s.baseline, s.baseline_source) == (pytest.approx(0.78), "baseline run")
+    assert verdict_evaluate(card=hyp).stats["baseline"] == pytest.approx(s.baseline)
+
+
 def test_baseline_from_baseline_runs_and_minimize_direction(recent_window, board):
     hyp = hypothesis(board, direction="minimize", metric_key=METRIC)
     add_run(recent_window, hyp, value=0.30, baseline=True, ago_hours=40)

@@ -438,15 +438,16 @@ def card_metric_stats(
             continue
         s.n = len(s.values)
         s.mean, s.std = _mean_std(s.values)
+        # Same precedence as the verdict (services/verdicts.py): baseline-linked runs, then the
+        # experiment's baseline_run, then its baseline_value, so standup and proposal agree.
+        run_point = metrics.get((card.baseline_run_id, s.metric_key)) if card.baseline_run_id else None
         if baseline_values.get(card.pk):
             s.baseline, _ = _mean_std(baseline_values[card.pk])
             s.baseline_source = f"{len(baseline_values[card.pk])} baseline run(s)"
+        elif run_point is not None and not run_point[1]:
+            s.baseline, s.baseline_source = run_point[0], "baseline run"
         elif card.baseline_value is not None:
             s.baseline, s.baseline_source = card.baseline_value, "baseline value"
-        elif card.baseline_run_id and (card.baseline_run_id, s.metric_key) in metrics:
-            value, is_nan = metrics[(card.baseline_run_id, s.metric_key)]
-            if not is_nan:
-                s.baseline, s.baseline_source = value, "baseline run"
     return stats, per_run
 
 
