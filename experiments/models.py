@@ -602,3 +602,29 @@ class MlflowSource(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+# --- Delivery and import state (outbound) ---------------------------------------------------------
+
+
+class DigestDelivery(models.Model):
+    """One channel of one digest. Marked sent only after the send succeeded; the key travels with
+    every attempt (Idempotency-Key header, email Message-ID) so a retry after an unrecorded success
+    is recognisable by the receiver, and a recorded success is never sent again."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+
+    digest = models.ForeignKey(StandupDigest, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    key = models.UUIDField(unique=True)
+    attempts = models.PositiveIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["digest", "channel"], name="uniq_digest_channel")]
+
+    def __str__(self) -> str:
+        return f"Digest {self.digest_id} {self.channel}"

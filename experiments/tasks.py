@@ -43,11 +43,9 @@ def build_due_standup_digests(now_iso: str | None = None) -> list[int]:
 
 
 def _standup_retry_errors() -> tuple[type[BaseException], ...]:
-    import requests
-
     from .services.standup import DeliveryError
 
-    return (DeliveryError, requests.RequestException, OSError)
+    return (DeliveryError, OSError)
 
 
 @shared_task(

@@ -178,3 +178,16 @@ if not DEBUG:
 import plotly as _plotly  # noqa: E402
 
 STATICFILES_DIRS.append(("plotly", str(Path(_plotly.__file__).parent / "package_data")))
+
+# Outbound HTTP (experiments/outbound.py): internal addresses are refused unless listed here,
+# e.g. an on-prem MLflow server: OUTBOUND_ALLOWED_HOSTS=mlflow.corp.example, OUTBOUND_ALLOWED_NETWORKS=10.20.0.0/16.
+OUTBOUND_ALLOWED_HOSTS = env_list("OUTBOUND_ALLOWED_HOSTS")
+OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS")
+import ipaddress as _ipaddress  # noqa: E402
+
+for _network in OUTBOUND_ALLOWED_NETWORKS:
+    _ipaddress.ip_network(_network, strict=False)  # fail at start-up, not at the first call
+OUTBOUND_CONNECT_TIMEOUT = float(os.environ.get("OUTBOUND_CONNECT_TIMEOUT", "5"))
+OUTBOUND_READ_TIMEOUT = float(os.environ.get("OUTBOUND_READ_TIMEOUT", "30"))
+OUTBOUND_DEADLINE = float(os.environ.get("OUTBOUND_DEADLINE", "300"))
+OUTBOUND_MAX_RESPONSE_BYTES = int(os.environ.get("OUTBOUND_MAX_RESPONSE_BYTES", str(64 * 1024 * 1024)))

@@ -29,6 +29,15 @@ def _fast_hashing(settings):
     app.conf.task_always_eager = True
 
 
+@pytest.fixture(autouse=True)
+def _outbound_reaches_loopback(settings):
+    """Test servers (fake MLflow, webhook receivers) listen on 127.0.0.1, which the guarded outbound
+    client refuses by default; tests reach them through the allowlist, as an on-prem deployment would.
+    tests/test_outbound.py clears it to check the refusals."""
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
+    settings.OUTBOUND_ALLOWED_HOSTS = ["localhost"]  # pytest-django's live_server
+
+
 @pytest.fixture
 def make_user(db) -> Callable[..., User]:
     def make(username: str, **extra) -> User:

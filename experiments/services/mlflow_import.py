@@ -17,16 +17,17 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import requests
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .. import outbound
 from ..errors import DomainError
 from ..models import (
     TERMINAL_STATUSES,
@@ -59,6 +60,8 @@ ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.SCHEDULED)
 FULL_SYNC_INTERVAL = timedelta(hours=24)
 # Cursor key for the last full pass; MLflow experiment ids (the other keys) are numeric strings.
 LAST_FULL_SYNC_KEY = "last_full_sync"
+# MLflow error codes are enum names; anything else in that field is not shown.
+ERROR_CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}")
 
 
 class MlflowImportError(DomainError):
@@ -94,7 +97,9 @@ def mlflow_full_sync_due(*, source: MlflowSource, now: datetime | None = None) -
 
 
 class MlflowRestClient:
-    """Minimal MLflow REST 2.0 reader built on requests, with errors phrased for people."""
+    """Minimal MLflow REST 2.0 reader over the guarded outbound client, with errors phrased for people.
+
+    Error messages name the status and MLflow's error code only; the server's own text is never shown."""
 
     def __init__(self, tracking_uri: str, *, token: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
         uri = (tracking_uri or "").strip().rstrip("/")
@@ -105,24 +110,22 @@ class MlflowRestClient:
             )
         self.uri = uri
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "mlboard-import"
+        headers = {"User-Agent": "mlboard-import"}
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = outbound.OutboundClient(headers=headers, read_timeout=timeout)
 
     def _call(self, method: str, endpoint: str, *, params: dict | None = None, body: dict | None = None) -> dict:
         url = f"{self.uri}{API_PREFIX}/{endpoint}"
         try:
-            response = self.session.request(method, url, params=params, json=body, timeout=self.timeout)
-        except requests.Timeout:
-            raise MlflowImportError(f"MLflow server at {self.uri} did not answer within {self.timeout:g}s.") from None
-        except requests.ConnectionError as exc:
-            raise MlflowImportError(f"Cannot reach the MLflow server at {self.uri}: {_short(exc)}") from None
-        except requests.RequestException as exc:
-            raise MlflowImportError(f"Request to {url} failed: {_short(exc)}") from None
-        if response.status_code in (401, 403):
+            response = self.http.request(method, url, params=params, json=body)
+        except outbound.OutboundRefused as exc:
+            raise MlflowImportError(f"Calls to the MLflow server at {self.uri} are refused: {exc.message}") from None
+        except outbound.OutboundError as exc:
+            raise MlflowImportError(f"Cannot reach the MLflow server at {self.uri}: {exc.message}") from None
+        if response.status in (401, 403):
             raise MlflowImportError(
-                f"The MLflow server at {self.uri} rejected the credentials (HTTP {response.status_code}). "
+                f"The MLflow server at {self.uri} rejected the credentials ({outbound.status_text(response.status)}). "
                 "Check the token (--token) and that it may read these experiments."
             )
         payload: Any
@@ -130,17 +133,17 @@ class MlflowRestClient:
             payload = response.json()
         except ValueError:
             payload = None
-        if response.status_code >= 400:
+        if response.status >= 400:
             code = payload.get("error_code", "") if isinstance(payload, dict) else ""
-            message = payload.get("message", "") if isinstance(payload, dict) else ""
-            if response.status_code == 404 and not code:
+            code = code if isinstance(code, str) and ERROR_CODE_RE.fullmatch(code) else ""
+            if response.status == 404 and not code:
                 raise MlflowImportError(
                     f"{self.uri} does not look like an MLflow tracking server "
                     f"(HTTP 404 for {API_PREFIX}/{endpoint}). Check the tracking URI."
                 )
             error = MlflowImportError(
-                f"MLflow server error on {endpoint} (HTTP {response.status_code}"
-                f"{', ' + code if code else ''}): {message or response.text[:200]}"
+                f"MLflow server error on {endpoint} ({outbound.status_text(response.status)}"
+                f"{', ' + code if code else ''})."
             )
             error.error_code = code  # type: ignore[attr-defined]
             raise error
@@ -189,15 +192,6 @@ class MlflowRestClient:
     def metric_history(self, run_id: str, key: str) -> Iterator[dict]:
         request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
         return self._paged("GET", "metrics/get-history", "metrics", request)
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    # requests nests the interesting part ("Connection refused", "Name or service not known") deep inside.
-    for marker in ("Connection refused", "Name or service not known", "nodename nor servname", "timed out"):
-        if marker in text:
-            return marker
-    return text[:200]
 
 
 # --- Progress and summary -------------------------------------------------------------------------
