@@ -340,3 +340,22 @@ def test_edit_form_drops_the_token_and_says_so(client_for, team, manager):
     assert "The stored token was removed because the server changed" in response.content.decode()
     source.refresh_from_db()
     assert source.token == ""
+
+
+@pytest.mark.django_db
+def test_import_command_source_drops_the_token_on_another_host(team):
+    from experiments.services.mlflow_import import mlflow_source_upsert
+
+    source = mlflow_source_upsert(team=team, name="cli", tracking_uri="https://mlflow.example.com", token="tok")
+    mlflow_source_upsert(team=team, name="cli", tracking_uri="https://mlflow.example.com/")
+    assert MlflowSource.objects.get(pk=source.pk).token == "tok"
+    mlflow_source_upsert(team=team, name="cli", tracking_uri="https://elsewhere.example.net")
+    assert MlflowSource.objects.get(pk=source.pk).token == ""
+
+
+@pytest.mark.django_db
+def test_import_command_refuses_internal_uris(strict, team):
+    from experiments.services.mlflow_import import mlflow_source_upsert
+
+    with pytest.raises(DomainError, match="loopback"):
+        mlflow_source_upsert(team=team, name="cli", tracking_uri="http://127.1:5000")

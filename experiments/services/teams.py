@@ -20,7 +20,7 @@ from django.db import transaction
 from .. import outbound
 from ..errors import DomainError
 from ..models import Membership, MlflowSource, Role, Run, Team, TrackingExperiment, User
-from .mlflow_import import source_label
+from .mlflow_import import source_label, uri_origin
 
 STUCK_AFTER_MAX_HOURS = 24 * 30
 ITERATION_DAYS_MAX = 90
@@ -366,20 +366,10 @@ def mlflow_source_create(
     )
 
 
-def _origin(uri: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(uri)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower().rstrip("."), port or {"http": 80, "https": 443}.get(scheme)
-
-
 def mlflow_token_follows(old_uri: str, new_uri: str) -> bool:
     """Whether a stored token stays with a source whose URI changes from `old_uri` to `new_uri`:
     only when scheme, host and port stay the same (a new path on the same server is fine)."""
-    return _origin(old_uri) == _origin(new_uri)
+    return uri_origin(old_uri) == uri_origin(new_uri)
 
 
 @transaction.atomic
