@@ -89,7 +89,7 @@ def snapshot_all_maturity() -> int:
     date_iso = timezone.localdate().isoformat()
     team_ids = list(team_ids_for_snapshot())
     for team_id in team_ids:
-        snapshot_team_maturity.delay(team_id, date_iso)
+        transaction.on_commit(lambda team_id=team_id: snapshot_team_maturity.delay(team_id, date_iso))
     return len(team_ids)
 
 
