@@ -145,6 +145,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "experiments.api.errors.exception_handler",
+    # The input rules of experiments/inputs.py on every body (NUL, surrogates, depth, number ranges).
+    "DEFAULT_PARSER_CLASSES": [
+        "experiments.api.parsers.JSONParser",
+        "experiments.api.parsers.FormParser",
+        "experiments.api.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "mlboard API",

@@ -13,3 +13,8 @@ urlpatterns = [
     path("mlflow/", include("experiments.mlflow_api.urls")),
     path("", include("experiments.web.urls")),
 ]
+
+# Errors outside the views (unknown paths, unhandled exceptions) are JSON under /api/ and /mlflow/.
+handler400 = "experiments.api.errors.handler400"
+handler404 = "experiments.api.errors.handler404"
+handler500 = "experiments.api.errors.handler500"
