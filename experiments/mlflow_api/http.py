@@ -27,6 +27,7 @@ from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Team, User
 from ..services.runs import IngestError
 from ..services.tokens import token_authenticate
+from ..throttles import client_ip, throttle_blocked, throttle_hit
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +41,18 @@ STATUS_FOR_CODE = {
     "RESOURCE_DOES_NOT_EXIST": 404,
     "ENDPOINT_NOT_FOUND": 404,
     "RESOURCE_CONFLICT": 409,
+    "RESOURCE_EXHAUSTED": 429,
     "INTERNAL_ERROR": 500,
     "NOT_IMPLEMENTED": 501,
 }
 
 
 class MlflowApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def invalid(message: str) -> MlflowApiError:
@@ -60,7 +63,7 @@ def not_found(message: str) -> MlflowApiError:
     return MlflowApiError("RESOURCE_DOES_NOT_EXIST", message)
 
 
-def error_response(code: str, message: str) -> HttpResponse:
+def error_response(code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
     response = HttpResponse(
         json.dumps({"error_code": code, "message": message}),
         status=STATUS_FOR_CODE.get(code, 500),
@@ -68,7 +71,13 @@ def error_response(code: str, message: str) -> HttpResponse:
     )
     if code == "UNAUTHENTICATED":
         response["WWW-Authenticate"] = 'Bearer realm="mlboard"'
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
+
+
+def _too_many(wait: float, what: str) -> MlflowApiError:
+    return MlflowApiError("RESOURCE_EXHAUSTED", f"{what} Retry in {max(1, math.ceil(wait))} s.", retry_after=wait)
 
 
 def json_number(value: float) -> float | str:
@@ -136,9 +145,17 @@ def authenticate(request: HttpRequest) -> Caller:
             "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
             "(create one under Account → API tokens).",
         )
+    ip = client_ip(request)
+    wait = throttle_blocked(scope="auth_failure", ident=ip)
+    if wait is not None:
+        raise _too_many(wait, "Too many failed token logins from your address.")
     token = token_authenticate(secret=secret)
     if token is None:
+        throttle_hit(scope="auth_failure", ident=ip)
         raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
+    wait = throttle_hit(scope="mlflow", ident=f"token:{token.pk}")
+    if wait is not None:
+        raise _too_many(wait, "Request rate limit for this API token reached (THROTTLE_MLFLOW).")
     return Caller(user=token.user, token=token, membership=_membership_for(token))
 
 
@@ -266,7 +283,7 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                 body = parse_body(request, max_bytes=max_bytes)
                 return json_response(handler(caller, body))
             except MlflowApiError as exc:
-                return error_response(exc.code, exc.message)
+                return error_response(exc.code, exc.message, retry_after=exc.retry_after)
             except IngestError as exc:
                 return error_response(exc.mlflow_code, exc.message)
             except PermissionDeniedError as exc:
