@@ -19,6 +19,8 @@ PASSWORD = "correct-horse-battery"
 def _fast_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Request limits count in a cache that outlives a test (Redis in CI); tests of limits set their own.
+    settings.MLBOARD_THROTTLE_RATES = {}
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

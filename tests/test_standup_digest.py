@@ -470,3 +470,31 @@ def test_stuck_cards_link_to_their_card(night, board, site_url):
     stuck_block = next(b["text"]["text"] for b in standup_slack_payload(digest.content)["blocks"]
                        if b["type"] == "section" and b["text"]["text"].startswith("*Stuck*"))
     assert f"<{card_url(stuck.pk)}|{stuck.key}> Idle idea (30 h)" in stuck_block
+
+
+def test_slack_payload_is_escaped_everywhere_including_top_level_text(night, board, site_url):
+    night.name = "<!channel> & <@U123>"
+    night.save()
+    board.name = "<https://evil.example|click> board"
+    board.save()
+    digest = standup_digest_build(team=night, board=board, window_end=window_end_now())
+    content = digest.content
+    content["cards"][0]["title"] = "<!here> ship it"
+    payload = standup_slack_payload(content)
+    assert payload["text"].startswith("Standup &lt;!channel&gt; &amp; &lt;@U123&gt; / &lt;https://evil.example|click&gt;")
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    for text in strings(payload):
+        # The only control sequences left are mlboard's own links.
+        for piece in text.split("<")[1:]:
+            assert piece.startswith(SITE), text
+        assert "<!" not in text and "<@" not in text

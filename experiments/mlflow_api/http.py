@@ -18,13 +18,16 @@ from functools import wraps
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import DataError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..errors import ConflictError, DomainError, PermissionDeniedError
+from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Team, User
 from ..services.runs import IngestError
 from ..services.tokens import token_authenticate
+from ..throttles import client_ip, throttle_blocked, throttle_hit
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +41,18 @@ STATUS_FOR_CODE = {
     "RESOURCE_DOES_NOT_EXIST": 404,
     "ENDPOINT_NOT_FOUND": 404,
     "RESOURCE_CONFLICT": 409,
+    "RESOURCE_EXHAUSTED": 429,
     "INTERNAL_ERROR": 500,
     "NOT_IMPLEMENTED": 501,
 }
 
 
 class MlflowApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def invalid(message: str) -> MlflowApiError:
@@ -58,7 +63,7 @@ def not_found(message: str) -> MlflowApiError:
     return MlflowApiError("RESOURCE_DOES_NOT_EXIST", message)
 
 
-def error_response(code: str, message: str) -> HttpResponse:
+def error_response(code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
     response = HttpResponse(
         json.dumps({"error_code": code, "message": message}),
         status=STATUS_FOR_CODE.get(code, 500),
@@ -66,7 +71,13 @@ def error_response(code: str, message: str) -> HttpResponse:
     )
     if code == "UNAUTHENTICATED":
         response["WWW-Authenticate"] = 'Bearer realm="mlboard"'
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
+
+
+def _too_many(wait: float, what: str) -> MlflowApiError:
+    return MlflowApiError("RESOURCE_EXHAUSTED", f"{what} Retry in {max(1, math.ceil(wait))} s.", retry_after=wait)
 
 
 def json_number(value: float) -> float | str:
@@ -134,9 +145,17 @@ def authenticate(request: HttpRequest) -> Caller:
             "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
             "(create one under Account → API tokens).",
         )
+    ip = client_ip(request)
+    wait = throttle_blocked(scope="auth_failure", ident=ip)
+    if wait is not None:
+        raise _too_many(wait, "Too many failed token logins from your address.")
     token = token_authenticate(secret=secret)
     if token is None:
+        throttle_hit(scope="auth_failure", ident=ip)
         raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
+    wait = throttle_hit(scope="mlflow", ident=f"token:{token.pk}")
+    if wait is not None:
+        raise _too_many(wait, "Request rate limit for this API token reached (THROTTLE_MLFLOW).")
     return Caller(user=token.user, token=token, membership=_membership_for(token))
 
 
@@ -202,12 +221,15 @@ class Body:
             if required:
                 raise invalid(f"Missing value for required parameter '{name}'.")
             return default
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
             raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.")
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.") from None
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise invalid(f"Parameter '{name}' must be an integer, got '{str(value)[:40]}'.") from None
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise invalid(f"Parameter '{name}' is out of range: it must fit in a 64-bit integer.")
+        return number
 
     def run_id(self) -> str:
         value = self.get("run_id") or self.get("run_uuid")
@@ -220,6 +242,7 @@ class Body:
 
 def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
     if request.method == "GET":
+        check_mapping(request.GET)
         return Body({key: request.GET.getlist(key) for key in request.GET}, from_query=True)
     try:
         raw = request.body
@@ -230,7 +253,8 @@ def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
     if not raw.strip():
         return Body({}, from_query=False)
     try:
-        data = json.loads(raw)
+        # HostileInputError (NUL, lone surrogates, depth, out-of-range numbers) propagates as a DomainError.
+        data = json_loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MlflowApiError("BAD_REQUEST", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
@@ -259,7 +283,7 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                 body = parse_body(request, max_bytes=max_bytes)
                 return json_response(handler(caller, body))
             except MlflowApiError as exc:
-                return error_response(exc.code, exc.message)
+                return error_response(exc.code, exc.message, retry_after=exc.retry_after)
             except IngestError as exc:
                 return error_response(exc.mlflow_code, exc.message)
             except PermissionDeniedError as exc:
@@ -268,10 +292,17 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                 return error_response("RESOURCE_CONFLICT", exc.message)
             except DomainError as exc:
                 return error_response("INVALID_PARAMETER_VALUE", exc.message)
+            except (DataError, OverflowError):
+                # The database refused a value (too long, out of range) that validation let through.
+                logger.warning("MLflow-compatible endpoint %s: value refused by the database", request.path)
+                return error_response(
+                    "INVALID_PARAMETER_VALUE", "A value in the request is too long or out of range for mlboard."
+                )
             except Exception:
                 logger.exception("MLflow-compatible endpoint %s failed", request.path)
                 return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")
 
+        view.mlflow_methods = methods  # type: ignore[attr-defined]  # the fuzz tests read which methods to send
         return view
 
     return decorate

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
 
+from ..inputs import INT64_MAX, INT64_MIN
 from ..models import LatestMetric, Metric, Param, Run, Team, TrackingExperiment
 from ..services.runs import ACTIVE, DEFAULT_EXPERIMENT_NAME, RUN_NAME_TAG, dt_to_ms
 from .http import invalid, json_number, not_found
@@ -253,6 +254,8 @@ def metric_history(
     after = decode_token(page_token, fields=("step", "ts", "id"))
     if after is not None:
         step, ts, pk = after["step"], after["ts"], after["id"]
+        if not all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in (step, ts, pk)):
+            raise invalid(f"Invalid page token {page_token[:100]!r}: pass back a next_page_token you were given.")
         queryset = queryset.filter(
             Q(step__gt=step) | Q(step=step, timestamp__gt=ts) | Q(step=step, timestamp=ts, pk__gt=pk)
         )

@@ -202,6 +202,16 @@ def card_create(
     return card
 
 
+def card_lock(*, card: Card) -> Card:
+    """The card row, locked, then read with its column and board. The lock statement selects the card
+    row alone: with a join, PostgreSQL's READ COMMITTED re-check of a concurrently moved card compares
+    its new column_id with the column row joined before, drops the row (DoesNotExist -> 500) and, without
+    OF, locks the board and column too. The version is compared after the lock, so every loser of a race
+    sees the winner's version and gets a 409."""
+    Card.objects.select_for_update().filter(pk=card.pk).values_list("pk", flat=True).get()
+    return Card.objects.select_related("column", "board").get(pk=card.pk)
+
+
 def _check_version(card: Card, expected_version: int | None) -> None:
     if expected_version is not None and expected_version != card.version:
         last = card.events.select_related("actor").order_by("-created_at", "-id").first()
@@ -223,7 +233,7 @@ def card_move(
     index: int | None = None,
     reason: str = "",
 ) -> Card:
-    card = Card.objects.select_for_update().select_related("column", "board").get(pk=card.pk)
+    card = card_lock(card=card)
     _check_version(card, expected_version)
     if to_column.board_id != card.board_id:
         raise DomainError("Cards can only move between columns of their own board.", field="column")
@@ -263,7 +273,7 @@ def card_update(
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise DomainError(f"Unknown card field(s): {', '.join(sorted(unknown))}.")
-    card = Card.objects.select_for_update().select_related("column", "board").get(pk=card.pk)
+    card = card_lock(card=card)
     _check_version(card, expected_version)
     changed: dict[str, list[Any]] = {}
     for name, value in fields.items():

@@ -26,6 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..errors import DomainError
+from ..inputs import INT64_MAX, INT64_MIN
 from ..models import (
     TERMINAL_STATUSES,
     Card,
@@ -96,7 +97,10 @@ def now_ms() -> int:
 def ms_to_dt(ms: int | None) -> datetime | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise IngestError(f"The time {ms} (milliseconds since the epoch) is out of range.") from None
 
 
 def dt_to_ms(value: datetime | None) -> int | None:
@@ -143,10 +147,14 @@ def _coerce_int(value: Any, what: str, key: str) -> int:
         if isinstance(value, float):
             if not value.is_integer():
                 raise ValueError
-            return int(value)
-        return int(value)
+            number = int(value)
+        else:
+            number = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise IngestError(f"Metric {key!r}: {what} must be an integer, got {value!r}.") from None
+        raise IngestError(f"Metric {key!r}: {what} must be an integer, got {str(value)[:40]!r}.") from None
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise IngestError(f"Metric {key!r}: {what} {number} is out of range for a 64-bit integer.")
+    return number
 
 
 _ADJECTIVES = (

@@ -251,9 +251,14 @@ def standup_text(content: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's three control characters as entities, so names like `<!channel>` or `<https://x|y>` are inert."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _mrkdwn(text: str) -> str:
     # Slack mrkdwn escapes; section text is capped at 3000 characters.
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = slack_escape(text)
     return text if len(text) <= 2900 else text[:2899] + "…"
 
 
@@ -266,7 +271,7 @@ def standup_slack_payload(content: dict[str, Any]) -> dict[str, Any]:
     )
     standup_url = standup_link(content)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": digest_title(content)[:150]}},
+        {"type": "header", "text": {"type": "plain_text", "text": slack_escape(digest_title(content)[:150])}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(window_label(content))}]},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{summary}\n<{standup_url}|Open the standup>"}},
     ]
@@ -299,7 +304,8 @@ def standup_slack_payload(content: dict[str, Any]) -> dict[str, Any]:
     add("Cards", [item(c["key"], card_line(c)[len(c["key"]) + 1:], c.get("id")) for c in content["cards"]])
     add("Stuck", [item(s["key"], f"{s['title']} ({s['idle_hours']} h)", s.get("id")) for s in content["stuck"]])
     add("Over WIP", [_mrkdwn(f"{w['board']} / {w['column']}: {w['count']}/{w['limit']}") for w in content["wip_over"]])
-    text = f"{digest_title(content)}: {counts['finished']} finished, {counts['failed']} failed, " \
+    # The top-level text is the notification and fallback; Slack parses it like mrkdwn, so escape it too.
+    text = f"{slack_escape(digest_title(content))}: {counts['finished']} finished, {counts['failed']} failed, " \
            f"{counts['running']} running, {counts['proposals']} verdicts waiting"
     return {"text": text, "blocks": blocks[:50]}
 

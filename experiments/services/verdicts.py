@@ -50,7 +50,7 @@ from ..models import (
     VerdictStatus,
 )
 from ..stats import Summary, summarize, welch_interval
-from .cards import card_create, card_move_to_stage, event_record
+from .cards import card_create, card_lock, card_move_to_stage, event_record
 
 CONFIDENCE_LEVEL = 0.95
 
@@ -321,7 +321,7 @@ def verdict_evaluate(*, card: Card) -> Evaluation | None:
 def verdict_propose(*, card: Card) -> VerdictProposal | None:
     """Evaluate a hypothesis and store a proposal; returns None when nothing new was proposed."""
     # Lock the hypothesis so two concurrent evaluations cannot both create a proposal.
-    card = Card.objects.select_for_update().select_related("board").get(pk=card.pk)
+    card = card_lock(card=card)
     evaluation = verdict_evaluate(card=card)
     if evaluation is None:
         return None
@@ -366,8 +366,8 @@ def verdict_decide(
     *, proposal: VerdictProposal, actor: User, verdict: str | None = None, note: str = ""
 ) -> VerdictProposal:
     """Confirm (verdict None or equal to the proposal) or override a proposal, and close the hypothesis."""
-    proposal = VerdictProposal.objects.select_for_update().select_related("card__board").get(pk=proposal.pk)
-    hypothesis = Card.objects.select_for_update().select_related("board", "column").get(pk=proposal.card_id)
+    proposal = VerdictProposal.objects.select_for_update(of=("self",)).select_related("card__board").get(pk=proposal.pk)
+    hypothesis = card_lock(card=proposal.card)
     _ensure_decider(actor=actor, card=hypothesis)
     if proposal.status == VerdictStatus.SUPERSEDED:
         raise ConflictError(
