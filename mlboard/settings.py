@@ -91,6 +91,10 @@ DATABASES = {
         conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True),
     )
 }
+# PostgreSQL's JIT spends ~100 ms compiling each big aggregate (chart downsampling, year-long
+# reports) and only pays back on analytic queries far larger than these: off unless DB_JIT=1.
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get("DB_JIT", "0") != "1":
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "experiments.User"
 

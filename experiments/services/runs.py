@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
@@ -45,6 +46,7 @@ from ..models import (
     Trigger,
     User,
 )
+from ..selectors.metrics import series_version_bump
 from .cards import card_flag, card_move_to_stage, event_record
 
 CARD_TAG = "mlboard.card"
@@ -570,9 +572,13 @@ def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
     if not rows:
         return 0
     if connection.vendor == "postgresql":
-        return _log_metrics_postgresql(list(rows), list(latest.values()))
-    added = _bulk_insert_metrics(list(rows))
-    _upsert_latest(list(latest.values()))
+        added = _log_metrics_postgresql(list(rows), list(latest.values()))
+    else:
+        added = _bulk_insert_metrics(list(rows))
+        _upsert_latest(list(latest.values()))
+    if added:
+        # Cached chart series of this run go stale once the new points are visible to readers.
+        transaction.on_commit(partial(series_version_bump, run.pk))
     return added
 
 
