@@ -430,7 +430,7 @@ def test_pending_selector_constant_queries(board, team, django_assert_num_querie
 def test_evaluation_queries_do_not_grow_with_runs(board, django_assert_num_queries):
     from experiments.services.verdicts import verdict_evaluate
 
-    small, large = make_hypothesis(board), make_hypothesis(board)
+    small, large = make_hypothesis(board), make_hypothesis(board, min_runs=6)
     add_runs(small, [0.86, 0.87, 0.88])
     add_runs(small, [0.7, 0.71], baseline=True)
     add_runs(large, [0.86, 0.87, 0.88] * 2)
