@@ -159,6 +159,19 @@ class VerdictChoice(models.TextChoices):
     SUPPORTED = "supported", "Supported"
     REFUTED = "refuted", "Refuted"
     INCONCLUSIVE = "inconclusive", "Inconclusive"
+    # With an equivalence margin: the effect is demonstrably smaller than what matters (TOST).
+    NO_EFFECT = "no_effect", "No meaningful effect"
+
+
+class AnalysisTest(models.TextChoices):
+    T = "t", "t-test"
+    BOOTSTRAP = "bootstrap", "Bootstrap interval"
+    PERMUTATION = "permutation", "Permutation test"
+
+
+class AnalysisScale(models.TextChoices):
+    RAW = "raw", "Raw values"
+    LOG = "log", "Log scale (ratios; for skewed losses and latencies)"
 
 
 class Card(models.Model):
@@ -199,6 +212,26 @@ class Card(models.Model):
     min_delta = models.FloatField(null=True, blank=True, help_text="Improvement required over the baseline.")
     min_runs = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
     criteria_set_at = models.DateTimeField(null=True, blank=True)
+    # Hypothesis analysis plan (verdicts). min_runs is the planned number of runs (distinct seeds) per arm.
+    analysis_test = models.CharField(max_length=12, choices=AnalysisTest.choices, default=AnalysisTest.T)
+    analysis_scale = models.CharField(max_length=4, choices=AnalysisScale.choices, default=AnalysisScale.RAW)
+    paired = models.BooleanField(default=True, help_text="Pair candidate and baseline runs by seed when seeds match.")
+    equivalence_margin = models.FloatField(
+        null=True, blank=True, help_text="Effects smaller than this do not matter (equivalence test, TOST)."
+    )
+    smallest_effect = models.FloatField(
+        null=True, blank=True, help_text="Smallest improvement that matters; used for sample size and power."
+    )
+    failures_count = models.BooleanField(
+        default=True, help_text="Failed and diverged (NaN/Inf) runs count as failures of the hypothesis."
+    )
+    max_failure_share = models.FloatField(
+        default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="More failing runs than this share block 'supported'.",
+    )
+    criteria_frozen_at = models.DateTimeField(
+        null=True, blank=True, help_text="Criterion and plan froze when the first linked run started."
+    )
 
     # Experiment
     plan = models.TextField(blank=True)
@@ -255,6 +288,7 @@ class EventKind(models.TextChoices):
     VERDICT_DECIDED = "verdict_decided", "Verdict decided"
     NOTE = "note", "Note"
     FLAGGED = "flagged", "Flagged"
+    AMENDED = "amended", "Criterion amended"
 
 
 class CardEvent(models.Model):
@@ -628,3 +662,30 @@ class DigestDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"Digest {self.digest_id} {self.channel}"
+
+
+# --- Verdicts: pre-registration ------------------------------------------------------------------
+
+
+class CriterionAmendment(models.Model):
+    """A change to a hypothesis's criterion or plan after it froze (its first linked run started).
+
+    runs_started is how many evidence runs had started when it was made; an amendment with
+    runs_started > 0 makes later verdicts exploratory and counts as post-hoc in maturity.
+    """
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="amendments")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    field = models.CharField(max_length=40)
+    old_value = models.JSONField(null=True, blank=True)
+    new_value = models.JSONField(null=True, blank=True)
+    reason = models.TextField()
+    runs_started = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["card", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.card_id} {self.field}: {self.old_value} -> {self.new_value}"

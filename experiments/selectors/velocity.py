@@ -55,6 +55,7 @@ VERDICT_COLORS = {
     VerdictChoice.SUPPORTED: "#12805c",
     VerdictChoice.REFUTED: "#c0362c",
     VerdictChoice.INCONCLUSIVE: "#b25e09",
+    VerdictChoice.NO_EFFECT: "#64748b",
 }
 
 

@@ -48,6 +48,7 @@ from ..models import (
 )
 from ..selectors.metrics import series_version_bump
 from .cards import card_flag, card_move_to_stage, event_record
+from .verdicts import hypothesis_freeze, verdict_progress
 
 CARD_TAG = "mlboard.card"
 RUN_NAME_TAG = "mlflow.runName"
@@ -807,8 +808,11 @@ def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
                 card=card, actor=None, flagged=True,
                 reason=f"Run {trigger_run.name or trigger_run.external_id} {trigger_run.status.lower()}",
             )
-    _move_by_run_statuses(card=card, statuses=statuses)
     hypothesis = card if card.kind == CardKind.HYPOTHESIS else _hypothesis_of(card)
+    if hypothesis is not None:
+        # Pre-registration: the criterion and plan freeze when the first evidence run is linked.
+        hypothesis_freeze(card=hypothesis)
+    _move_by_run_statuses(card=card, statuses=statuses)
     if hypothesis is not None and hypothesis.pk != card.pk:
         hypothesis_statuses = list(
             CardRun.objects.filter(
@@ -816,7 +820,9 @@ def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
             ).values_list("run__status", flat=True)
         )
         _move_by_run_statuses(card=hypothesis, statuses=hypothesis_statuses)
-    if all(s in TERMINAL_STATUSES for s in statuses) and hypothesis is not None:
+    # The decision is taken when the planned runs are in (first n by finish time), whether or not
+    # other linked runs are still going; the evaluation itself is idempotent and waits for the plan.
+    if trigger_run.status in TERMINAL_STATUSES and hypothesis is not None:
         _enqueue_verdict(hypothesis.pk)
 
 
@@ -827,6 +833,11 @@ def _move_by_run_statuses(*, card: Card, statuses: list[str]) -> None:
     if any_active and stage in (Stage.BACKLOG, Stage.READY):
         card_move_to_stage(card=card, stage=Stage.RUNNING, actor=None, reason="first run started")
     elif all_terminal and stage in (Stage.BACKLOG, Stage.READY, Stage.RUNNING):
+        if card.kind == CardKind.HYPOTHESIS:
+            # A hypothesis waits for its planned runs ("2 of 5 runs") before it is analysed.
+            progress = verdict_progress(card=card)
+            if progress is not None and not progress.ready:
+                return
         card_move_to_stage(card=card, stage=Stage.ANALYZING, actor=None, reason="all linked runs finished")
 
 
