@@ -178,3 +178,7 @@ if not DEBUG:
 import plotly as _plotly  # noqa: E402
 
 STATICFILES_DIRS.append(("plotly", str(Path(_plotly.__file__).parent / "package_data")))
+
+# Maturity: repeated runs (same configuration, other seeds) must agree within this relative
+# tolerance to count as reproduced; a team can set its own.
+MATURITY_REPRO_TOLERANCE = float(os.environ.get("MATURITY_REPRO_TOLERANCE", "0.02"))

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from ..models import (
@@ -44,9 +43,8 @@ from ..models import (
     Stage,
     Team,
     VerdictChoice,
-    VerdictProposal,
-    VerdictStatus,
 )
+from .evidence import decided_hypotheses
 
 GROUPS: dict[str, str] = {"day": "Day", "week": "Week", "iteration": "Iteration"}
 DEFAULT_DAYS: dict[str, int] = {"day": 14, "week": 84, "iteration": 14}
@@ -331,46 +329,11 @@ def report_window(params: ReportParams, periods: Sequence[Period]) -> tuple[dt.d
     return min(params.start, periods[0].start), max(params.end, max(p.end for p in periods))
 
 
-def _last_run_before(link: str) -> Subquery:
-    """End of the last terminal run linked through `link` that ended before the decision.
-    Kept to one indexed join per subquery: an OR across two joins would scan every link per card."""
-    return Subquery(
-        Run.objects.filter(
-            **{link: OuterRef("pk")},
-            card_links__is_baseline=False,
-            status__in=TERMINAL_STATUSES,
-            end_time__lte=OuterRef("resolved_at"),
-        )
-        .order_by("-end_time")
-        .values("end_time")[:1]
-    )
-
-
 def _decided_hypotheses(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[tuple]:
-    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query."""
-    decided = VerdictProposal.objects.filter(
-        card=OuterRef("pk"),
-        status__in=[VerdictStatus.CONFIRMED, VerdictStatus.OVERRIDDEN],
-        decided_at__isnull=False,
-    ).order_by("-decided_at", "-id")
-    rows = (
-        Card.objects.filter(_card_scope(team, params), kind=CardKind.HYPOTHESIS)
-        .annotate(
-            resolved_at=Coalesce("decided_at", Subquery(decided.values("decided_at")[:1])),
-            resolved_as=Coalesce(NullIf("verdict", Value("")), Subquery(decided.values("decided")[:1])),
-        )
-        .filter(resolved_at__gte=start, resolved_at__lt=end, resolved_as__in=VerdictChoice.values)
-        .annotate(
-            own_evidence=_last_run_before("card_links__card"),
-            child_evidence=_last_run_before("card_links__card__parent"),
-        )
-        .order_by()
-        .values_list("resolved_as", "resolved_at", "own_evidence", "child_evidence")
-    )
-    return [
-        (verdict, decided_at, max((e for e in (own, child) if e is not None), default=None))
-        for verdict, decided_at, own, child in rows
-    ]
+    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query (rule: selectors/evidence)."""
+    cards = Card.objects.filter(_card_scope(team, params))
+    return [(verdict, decided_at, evidence_at)
+            for _pk, verdict, decided_at, evidence_at in decided_hypotheses(cards, start, end)]
 
 
 def _experiments_first_done(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
