@@ -14,7 +14,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -54,6 +55,11 @@ class Team(models.Model):
     webhook_url = models.URLField(blank=True, help_text="Slack-compatible incoming webhook.")
     iteration_days = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(90)]
+    )
+    # Maturity: relative tolerance within which repeated runs must agree to count as reproduced.
+    maturity_repro_tolerance = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Empty: the site default (MATURITY_REPRO_TOLERANCE).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -443,7 +449,11 @@ class Run(models.Model):
     class Meta:
         ordering = ["-start_time", "-id"]
         constraints = [models.UniqueConstraint(fields=["team", "source", "external_id"], name="uniq_run_external")]
-        indexes = [models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"])]
+        indexes = [
+            models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"]),
+            # Maturity's window: runs by the time they started (or arrived, without a start time).
+            models.Index(F("team"), Coalesce("start_time", "created_at"), name="run_team_started_or_created"),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.external_id

@@ -282,3 +282,6 @@ OUTBOUND_CONNECT_TIMEOUT = float(os.environ.get("OUTBOUND_CONNECT_TIMEOUT", "5")
 OUTBOUND_READ_TIMEOUT = float(os.environ.get("OUTBOUND_READ_TIMEOUT", "30"))
 OUTBOUND_DEADLINE = float(os.environ.get("OUTBOUND_DEADLINE", "300"))
 OUTBOUND_MAX_RESPONSE_BYTES = int(os.environ.get("OUTBOUND_MAX_RESPONSE_BYTES", str(64 * 1024 * 1024)))
+# Maturity: repeated runs (same configuration, other seeds) must agree within this relative
+# tolerance to count as reproduced; a team can set its own.
+MATURITY_REPRO_TOLERANCE = float(os.environ.get("MATURITY_REPRO_TOLERANCE", "0.02"))

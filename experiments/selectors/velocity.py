@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, Exists, FloatField, Func, Min, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models import Count, Exists, FloatField, Func, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from ..models import (
@@ -44,9 +43,8 @@ from ..models import (
     Stage,
     Team,
     VerdictChoice,
-    VerdictProposal,
-    VerdictStatus,
 )
+from .evidence import decided_hypotheses
 
 GROUPS: dict[str, str] = {"day": "Day", "week": "Week", "iteration": "Iteration"}
 DEFAULT_DAYS: dict[str, int] = {"day": 14, "week": 84, "iteration": 14}
@@ -341,52 +339,11 @@ def report_window(params: ReportParams, periods: Sequence[Period]) -> tuple[dt.d
     return min(params.start, periods[0].start), max(params.end, max(p.end for p in periods))
 
 
-def _evidence_ends(hypothesis_ids: Sequence[int], end: dt.datetime) -> QuerySet:
-    """(hypothesis id, run end) for every terminal, non-baseline run linked to one of the hypotheses
-    or to one of their child cards, ending before `end` — one query.
-
-    A UNION of two index-driven lookups (links of the hypotheses themselves; links of their
-    children through Card.parent) so the cost follows the decided hypotheses' own links. The
-    correlated "last run before the decision" subquery this replaces walked the run end-time
-    index once per hypothesis, i.e. all of history per decision.
-    """
-    runs = Q(is_baseline=False, run__status__in=TERMINAL_STATUSES, run__end_time__lt=end)
-    own = CardRun.objects.filter(runs, card_id__in=hypothesis_ids).values_list("card_id", "run__end_time")
-    child = CardRun.objects.filter(runs, card__parent_id__in=hypothesis_ids).values_list(
-        "card__parent_id", "run__end_time"
-    )
-    return own.order_by().union(child.order_by(), all=True)
-
-
 def _decided_hypotheses(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[tuple]:
-    """(verdict, decided_at, evidence_at) per hypothesis decided in range — two queries.
-
-    evidence_at is the end of the last linked run (own or a child card's) ending at or before
-    the decision; runs are read only for the hypotheses decided in the window.
-    """
-    decided = VerdictProposal.objects.filter(
-        card=OuterRef("pk"),
-        status__in=[VerdictStatus.CONFIRMED, VerdictStatus.OVERRIDDEN],
-        decided_at__isnull=False,
-    ).order_by("-decided_at", "-id")
-    rows = list(
-        Card.objects.filter(_card_scope(team, params), kind=CardKind.HYPOTHESIS)
-        .annotate(
-            resolved_at=Coalesce("decided_at", Subquery(decided.values("decided_at")[:1])),
-            resolved_as=Coalesce(NullIf("verdict", Value("")), Subquery(decided.values("decided")[:1])),
-        )
-        .filter(resolved_at__gte=start, resolved_at__lt=end, resolved_as__in=VerdictChoice.values)
-        .order_by()
-        .values_list("pk", "resolved_as", "resolved_at")
-    )
-    if not rows:
-        return []
-    resolved = {pk: resolved_at for pk, _, resolved_at in rows}
-    evidence: dict[int, dt.datetime] = {}
-    for pk, ended in _evidence_ends(list(resolved), max(resolved.values()) + dt.timedelta(microseconds=1)):
-        if ended <= resolved[pk] and (pk not in evidence or ended > evidence[pk]):
-            evidence[pk] = ended
-    return [(verdict, decided_at, evidence.get(pk)) for pk, verdict, decided_at in rows]
+    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query (rule: selectors/evidence)."""
+    cards = Card.objects.filter(_card_scope(team, params))
+    return [(verdict, decided_at, evidence_at)
+            for _pk, verdict, decided_at, evidence_at in decided_hypotheses(cards, start, end)]
 
 
 def _experiments_first_done(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
