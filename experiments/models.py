@@ -699,3 +699,158 @@ class CriterionAmendment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.card_id} {self.field}: {self.old_value} -> {self.new_value}"
+
+
+# --- MLflow datasets, logged models and model registry (mlmodels) ------------------------------
+
+
+class RunDataset(models.Model):
+    """A dataset a run consumed (MLflow log_inputs), with the input's tags (mlflow.data.context=...)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=500)
+    digest = models.CharField(max_length=36)
+    source_type = models.CharField(max_length=36)
+    source = models.TextField()
+    schema = models.TextField(blank=True)
+    profile = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "name", "digest"], name="uniq_run_dataset")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.digest})"
+
+
+class LoggedModelStatus(models.TextChoices):
+    PENDING = "LOGGED_MODEL_PENDING", "Pending"
+    READY = "LOGGED_MODEL_READY", "Ready"
+    FAILED = "LOGGED_MODEL_UPLOAD_FAILED", "Upload failed"
+
+
+class LoggedModel(models.Model):
+    """An MLflow 3 logged model: a model's files (artifacts under artifact_location), params,
+    tags and metrics, usually produced by a source run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="logged_models")
+    experiment = models.ForeignKey(TrackingExperiment, on_delete=models.CASCADE, related_name="logged_models")
+    model_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=500)
+    source_run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="logged_models"
+    )
+    status = models.CharField(max_length=32, choices=LoggedModelStatus.choices, default=LoggedModelStatus.PENDING)
+    status_message = models.TextField(blank=True)
+    model_type = models.CharField(max_length=500, blank=True)
+    artifact_location = models.CharField(max_length=1000)
+    params = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    lifecycle_stage = models.CharField(max_length=10, default="active")
+    creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "model_id"]
+        indexes = [models.Index(fields=["team", "experiment", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model_id})"
+
+
+class LoggedModelMetric(models.Model):
+    """A metric point logged against a model (log_metric(..., model_id=...)); NaN as for run metrics,
+    +/-Inf clamped to the largest double as MLflow's SQL store does."""
+
+    model = models.ForeignKey(LoggedModel, on_delete=models.CASCADE, related_name="metrics")
+    run_external_id = models.CharField(max_length=64, blank=True)
+    key = models.CharField(max_length=250)
+    value = models.FloatField()
+    is_nan = models.BooleanField(default=False)
+    step = models.BigIntegerField(default=0)
+    timestamp = models.BigIntegerField()
+    dataset_name = models.CharField(max_length=500, blank=True)
+    dataset_digest = models.CharField(max_length=36, blank=True)
+
+    class Meta:
+        ordering = ["key", "step", "timestamp"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "key", "step", "timestamp", "run_external_id", "dataset_name", "dataset_digest"],
+                name="uniq_logged_model_metric",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.key}@{self.step}"
+
+
+class RunModelIO(models.Model):
+    """A logged model a run used (input) or produced (output, at a step): MLflow's RunInputs.model_inputs
+    and RunOutputs.model_outputs."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="model_io")
+    model = models.ForeignKey(LoggedModel, on_delete=models.CASCADE, related_name="run_io")
+    direction = models.CharField(max_length=6, choices=[(INPUT, "Input"), (OUTPUT, "Output")])
+    step = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["run", "model", "direction"], name="uniq_run_model_io")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.direction} {self.model_id}"
+
+
+class RegisteredModel(models.Model):
+    """A named model in the team's registry; its versions point at logged models or run artifacts."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registered_models")
+    name = models.CharField(max_length=256)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    # alias -> version number (MLflow: an alias names exactly one version of one model).
+    aliases = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="uniq_registered_model")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=1000)
+    run_external_id = models.CharField(max_length=64, blank=True)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions")
+    logged_model = models.ForeignKey(
+        LoggedModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
+    )
+    run_link = models.CharField(max_length=500, blank=True)
+    storage_location = models.CharField(max_length=1000, blank=True)
+    status = models.CharField(max_length=20, default="READY")
+    status_message = models.TextField(blank=True)
+    current_stage = models.CharField(max_length=20, default="None")
+    tags = models.JSONField(default=dict, blank=True)
+    user_id = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["registered_model", "-version"]
+        constraints = [models.UniqueConstraint(fields=["registered_model", "version"], name="uniq_model_version")]
+
+    def __str__(self) -> str:
+        return f"{self.registered_model_id} v{self.version}"

@@ -26,7 +26,7 @@ from ..errors import ConflictError, DomainError, PermissionDeniedError
 from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Team, User
 from ..services.runs import IngestError
-from ..services.tokens import token_authenticate
+from ..services.tokens import token_authenticate, token_bind_team
 from ..throttles import client_ip, throttle_blocked, throttle_hit
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ STATUS_FOR_CODE = {
     "ENDPOINT_NOT_FOUND": 404,
     "RESOURCE_CONFLICT": 409,
     "RESOURCE_EXHAUSTED": 429,
+    "INVALID_STATE": 400,
     "INTERNAL_ERROR": 500,
     "NOT_IMPLEMENTED": 501,
 }
@@ -160,7 +161,8 @@ def authenticate(request: HttpRequest) -> Caller:
 
 
 def _membership_for(token: ApiToken) -> Membership:
-    """The token's team; a token without one logs into the user's only team."""
+    """The token's team; a token without one logs into the user's only team, and is pinned to it
+    from then on (a running job must not stop logging when its user joins a second team)."""
     if token.team_id is not None:
         membership = Membership.objects.select_related("team").filter(user_id=token.user_id, team_id=token.team_id)
         found = membership.first()
@@ -172,6 +174,7 @@ def _membership_for(token: ApiToken) -> Membership:
         return found
     memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
     if len(memberships) == 1:
+        token_bind_team(token=token, team=memberships[0].team)
         return memberships[0]
     if not memberships:
         raise MlflowApiError("PERMISSION_DENIED", "You are not a member of any team, so there is nowhere to log runs.")
@@ -213,6 +216,19 @@ class Body:
             return default
         if not isinstance(value, str):
             raise invalid(f"Invalid value {json.dumps(value)} for parameter '{name}' supplied: expected a string.")
+        return value
+
+    def string_value(self, name: str) -> str:
+        """A string field checked as MLflow's request schema does (set-tag's value: 123 is refused)."""
+        value = self.get(name)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            formatted = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            raise invalid(
+                f"Invalid value {formatted} for parameter '{name}' supplied: Hint: Value was of type "
+                f"'{type(value).__name__}'. See the API docs for more information about request parameters."
+            )
         return value
 
     def integer(self, name: str, *, required: bool = False, default: int | None = None) -> int | None:
@@ -264,7 +280,7 @@ def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
 
 # --- The decorator -----------------------------------------------------------------------------
 
-Handler = Callable[[Caller, Body], dict[str, Any]]
+Handler = Callable[..., dict[str, Any]]
 
 
 def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Handler], Callable[..., HttpResponse]]:
@@ -281,7 +297,7 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
             try:
                 caller = authenticate(request)
                 body = parse_body(request, max_bytes=max_bytes)
-                return json_response(handler(caller, body))
+                return json_response(handler(caller, body, **kwargs))
             except MlflowApiError as exc:
                 return error_response(exc.code, exc.message, retry_after=exc.retry_after)
             except IngestError as exc:

@@ -352,8 +352,11 @@ def order_runs(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> Quer
             raise invalid(f"Invalid order_by key '{key}'.")
         expression = F(alias)
         ordering.append(expression.asc(nulls_last=True) if ascending else expression.desc(nulls_last=True))
-    # MLflow's default, and a unique tie-breaker so offset pages never overlap.
-    ordering += [F("start_time").desc(nulls_last=True), F("pk").asc()]
+    # MLflow's tie-breakers (SqlAlchemyStore): start_time DESC unless already ordered by it, then the
+    # run id; pk last so offset pages never overlap.
+    if not any(entity == "attribute" and RUN_TIME_ATTRIBUTES.get(key) == "start_time" for entity, key, _ in clauses):
+        ordering.append(F("start_time").desc(nulls_last=True))
+    ordering += [F("external_id").asc(), F("pk").asc()]
     return queryset.order_by(*ordering)
 
 

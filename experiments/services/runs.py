@@ -63,6 +63,9 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
 MAX_EXPERIMENT_NAME_LENGTH = 500
 DEFAULT_EXPERIMENT_NAME = "Default"
+# MLflow's SQL store keeps +/-Inf as the largest finite double (SQL has no infinity); so does mlboard,
+# so a script reads back exactly what `mlflow server` would give it.
+FLOAT_MAX = 1.7976931348623157e308
 ACTIVE = "active"
 DELETED = "deleted"
 
@@ -282,6 +285,46 @@ def tracking_experiment_set_tag(*, experiment: TrackingExperiment, key: str, val
     return experiment
 
 
+@transaction.atomic
+def tracking_experiment_delete(*, experiment: TrackingExperiment) -> TrackingExperiment:
+    """Soft delete as MLflow: the experiment and all its runs become 'deleted', restorable."""
+    if experiment.lifecycle_stage != ACTIVE:
+        raise IngestError(f"No Experiment with id={experiment.pk} exists", mlflow_code="RESOURCE_DOES_NOT_EXIST")
+    now = timezone.now()
+    Run.objects.filter(experiment=experiment).update(lifecycle_stage=DELETED, updated_at=now)
+    experiment.lifecycle_stage = DELETED
+    experiment.save(update_fields=["lifecycle_stage", "updated_at"])
+    return experiment
+
+
+@transaction.atomic
+def tracking_experiment_restore(*, experiment: TrackingExperiment) -> TrackingExperiment:
+    if experiment.lifecycle_stage == ACTIVE:
+        raise IngestError(
+            f"Cannot restore an active experiment: experiment {experiment.pk} is not deleted.",
+            mlflow_code="INVALID_STATE",
+        )
+    now = timezone.now()
+    Run.objects.filter(experiment=experiment).update(lifecycle_stage=ACTIVE, updated_at=now)
+    experiment.lifecycle_stage = ACTIVE
+    experiment.save(update_fields=["lifecycle_stage", "updated_at"])
+    return experiment
+
+
+@transaction.atomic
+def tracking_experiment_rename(*, experiment: TrackingExperiment, new_name: str) -> TrackingExperiment:
+    name = _check_experiment_name(new_name)
+    if experiment.lifecycle_stage != ACTIVE:
+        raise IngestError("Cannot rename a non-active experiment.", mlflow_code="INVALID_STATE")
+    if TrackingExperiment.objects.filter(team_id=experiment.team_id, source=experiment.source, name=name).exclude(
+        pk=experiment.pk
+    ).exists():
+        raise IngestError(f"Experiment(name={name}) already exists.", mlflow_code="RESOURCE_ALREADY_EXISTS")
+    experiment.name = name
+    experiment.save(update_fields=["name", "updated_at"])
+    return experiment
+
+
 # --- Runs --------------------------------------------------------------------------------------
 
 
@@ -331,7 +374,8 @@ def run_create(
         start_time=start_time or timezone.now(),
         end_time=end_time,
         user=user,
-        user_name=(user.username if user else "")[:150],
+        # MLflow's user_id is the client's mlflow.user tag when it sends one.
+        user_name=(clean_tags.get("mlflow.user") or (user.username if user else ""))[:150],
         tags=clean_tags,
         code_version=code_version,
         data_version=data_version,
@@ -460,6 +504,8 @@ def _metric_rows(run: Run, points: Iterable[MetricPoint]) -> tuple[dict[tuple, N
         if type(value) is not float:
             value = float(value) if type(value) is int else _coerce_float(value, key)
         is_nan = value != value
+        if value == math.inf or value == -math.inf:
+            value = FLOAT_MAX if value > 0 else -FLOAT_MAX
         if type(step) is not int:
             step = _coerce_int(step or 0, "step", key)
         if ts is None:
