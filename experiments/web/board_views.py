@@ -122,7 +122,8 @@ def board_archive_page(request: HttpRequest, board_id: int) -> HttpResponse:
 @require_POST
 def card_restore_view(request: HttpRequest, board_id: int, card_id: int) -> HttpResponse:
     board, membership = get_board_or_404(user=request.user, board_id=board_id)
-    ensure_can_edit(membership)
+    if not membership.can_edit:
+        return HttpResponse("Viewers cannot change anything on this team.", status=403)
     card = _board_card(board, card_id)
     if card_restore(card=card, actor=request.user):
         messages.success(request, f"{card.key} is back on the board.")

@@ -91,19 +91,19 @@ def leaderboard(request: HttpRequest, team_slug: str) -> HttpResponse:
     team = membership.team
     metrics = team_metric_keys(team=team)
     metric = request.GET.get("metric") or (metrics[0] if metrics else "")
-    board = None
+    lb = None
     effect_charts = []
     if metric:
-        board = insights.team_leaderboard(
+        lb = insights.team_leaderboard(
             team=team, metric=metric, direction=request.GET.get("direction") or None,
             group_by=request.GET.getlist("group"),
         )
-        for effect in board.effects:
+        for effect in lb.effects:
             fig = charts.param_effect_chart(key=effect.key, metric=metric, points=effect.points, numeric=effect.numeric)
             effect_charts.append({"effect": effect, "payload": charts.figure_payload(fig),
                                   "id": f"effect-{len(effect_charts)}"})
     return render(request, "insights/leaderboard.html", {
-        "team": team, "membership": membership, "metrics": metrics, "metric": metric, "board": board,
+        "team": team, "membership": membership, "metrics": metrics, "metric": metric, "lb": lb,
         "effect_charts": effect_charts,
-        "compare_ids": ",".join(str(r.run.pk) for r in board.best[:10]) if board else "",
+        "compare_ids": ",".join(str(r.run.pk) for r in lb.best[:10]) if lb else "",
     })

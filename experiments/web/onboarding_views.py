@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from ..access import ensure_can_edit, get_membership_or_404
+from ..access import get_membership_or_404
 from ..models import Board, Run
 from ..services.standup import standup_digest_build
 from ..services.tokens import token_create
@@ -29,7 +29,8 @@ def connect_page(request: HttpRequest, team_slug: str) -> HttpResponse:
     team = membership.team
     secret = ""
     if request.method == "POST":
-        ensure_can_edit(membership)
+        if not membership.can_edit:
+            return HttpResponse("Viewers cannot create tokens for this team.", status=403)
         _token, secret = token_create(
             user=request.user, name=f"train.py ({team.slug}) {timezone.now():%Y-%m-%d %H:%M}", team=team
         )
@@ -62,7 +63,8 @@ def connect_status(request: HttpRequest, team_slug: str) -> HttpResponse:
 def standup_build_now(request: HttpRequest, team_slug: str) -> HttpResponse:
     """The standup history's empty state: store today's digest now instead of waiting for standup time."""
     membership = get_membership_or_404(user=request.user, team_slug=team_slug)
-    ensure_can_edit(membership)
+    if not membership.can_edit:
+        return HttpResponse("Viewers cannot build digests.", status=403)
     digest = standup_digest_build(team=membership.team, window_end=timezone.now().replace(second=0, microsecond=0))
     messages.success(request, "Today's digest is built. It was stored, not emailed.")
     return redirect("standup_digest_detail", team_slug, digest.pk)
