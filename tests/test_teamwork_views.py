@@ -264,3 +264,18 @@ def test_watch_toggle(client_for, member, board):
     assert card.watches.filter(user=member).exists()
     client.post(reverse("card_watch", args=[card.pk]), {"watch": "0"})
     assert not card.watches.filter(user=member).exists()
+
+
+def test_board_rules_page(client_for, manager, member, team):
+    from experiments.models import TeamworkSettings
+
+    url = reverse("team_board_rules", args=[team.slug])
+    assert client_for(member).get(url).status_code == 200
+    assert client_for(member).post(url, {"wip_strict": "1"}).status_code == 403
+    client = client_for(manager)
+    assert client.post(url, {"wip_strict": "1", "archive_done_after_days": "30"}).status_code == 302
+    rules = TeamworkSettings.objects.get(team=team)
+    assert rules.wip_strict and rules.archive_done_after_days == 30
+    assert client.post(url, {"archive_done_after_days": "0"}).status_code == 400
+    assert client.post(url, {"archive_done_after_days": ""}).status_code == 302
+    assert TeamworkSettings.objects.get(team=team).archive_done_after_days is None

@@ -182,3 +182,36 @@ def card_watch(request: HttpRequest, card_id: int) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}):
         nxt = reverse("card_detail", args=[card.pk])
     return HttpResponseRedirect(nxt)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_board_rules(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """Team settings for WIP strictness and Done archiving (managers change them)."""
+    from ..models import Role
+    from ..services.teams import teamwork_settings, teamwork_settings_update
+
+    membership = get_membership_or_404(user=request.user, team_slug=team_slug)
+    is_manager = membership.role == Role.MANAGER
+    rules = teamwork_settings(team_id=membership.team_id)
+    error = ""
+    if request.method == "POST":
+        if not is_manager:
+            return HttpResponse("Only team managers can change board rules.", status=403)
+        raw = request.POST.get("archive_done_after_days", "").strip()
+        try:
+            days = int(raw) if raw else None
+            teamwork_settings_update(
+                team=membership.team, wip_strict=request.POST.get("wip_strict") == "1", archive_done_after_days=days
+            )
+        except ValueError:
+            error = "Archive age must be a whole number of days, or empty."
+        except DomainError as exc:
+            error = exc.message
+        else:
+            messages.success(request, "Board rules saved.")
+            return redirect("team_board_rules", team_slug)
+    return render(request, "team/board_rules.html", {
+        "team": membership.team, "membership": membership, "is_manager": is_manager, "tab": "board_rules",
+        "rules": rules, "error": error,
+    }, status=400 if error else 200)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("notifications/<int:notification_id>/", v.notification_open, name="notification_open"),
     path("notifications/preferences/", v.notification_prefs, name="notification_prefs"),
     path("cards/<int:card_id>/watch/", v.card_watch, name="card_watch"),
+    path("teams/<slug:team_slug>/board-rules/", v.team_board_rules, name="team_board_rules"),
     path("search/", search_views.search_page, name="search"),
     path("cards/<int:card_id>/evidence/", insight_views.card_evidence, name="card_evidence"),
     path("cards/<int:card_id>/evidence.json", insight_views.card_evidence_json, name="card_evidence_json"),
