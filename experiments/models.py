@@ -854,3 +854,151 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.registered_model_id} v{self.version}"
+
+
+# --- Teamwork: comments, watches, notifications, evidence snapshots -----------------------------
+
+
+class TeamworkSettings(models.Model):
+    """Team settings for board polish, kept beside Team so other areas' Team edits never collide."""
+
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="teamwork")
+    wip_strict = models.BooleanField(
+        default=False, help_text="Ask before a card is dropped onto a column already at its WIP limit."
+    )
+    archive_done_after_days = models.PositiveIntegerField(
+        null=True, blank=True, default=14, help_text="Archive Done cards after this many days; empty keeps them."
+    )
+
+    def __str__(self) -> str:
+        return f"Teamwork settings of {self.team_id}"
+
+
+class CardArchive(models.Model):
+    """A Done card taken off the board after its age limit; deleting the row restores it."""
+
+    card = models.OneToOneField(Card, on_delete=models.CASCADE, related_name="archive")
+    archived_at = models.DateTimeField(default=timezone.now)
+    archived_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    def __str__(self) -> str:
+        return f"{self.card_id} archived"
+
+
+class Comment(models.Model):
+    """A Markdown comment on a card or a run (exactly one of them)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="comments")
+    card = models.ForeignKey(Card, null=True, blank=True, on_delete=models.CASCADE, related_name="comments")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    body = models.TextField()
+    mentions = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="mentioned_in")
+    created_at = models.DateTimeField(default=timezone.now)
+    edited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(card__isnull=False, run__isnull=True) | Q(card__isnull=True, run__isnull=False)),
+                name="comment_on_card_or_run",
+            )
+        ]
+        indexes = [models.Index(fields=["card", "created_at"]), models.Index(fields=["run", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Comment {self.pk} by {self.author_id}"
+
+
+class CommentRevision(models.Model):
+    """The text a comment had before an edit (its edit history)."""
+
+    comment = models.ForeignKey(Comment, on_delete=models.CASCADE, related_name="revisions")
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Revision of comment {self.comment_id}"
+
+
+class Watch(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="watches")
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="watches")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "card"], name="uniq_watch")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} watches {self.card_id}"
+
+
+class NotificationKind(models.TextChoices):
+    MENTION = "mention", "Mentioned you"
+    COMMENT = "comment", "New comment"
+    VERDICT_PROPOSED = "verdict_proposed", "Verdict proposed"
+    VERDICT_DECIDED = "verdict_decided", "Verdict decided"
+    RUN_FAILED = "run_failed", "Linked run failed"
+    CARD_STUCK = "card_stuck", "Your card is stuck"
+
+
+class Notification(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=20, choices=NotificationKind.choices)
+    card = models.ForeignKey(Card, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    comment = models.ForeignKey(Comment, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    text = models.CharField(max_length=300)
+    # One notification per (user, event): a retried task or a repeated signal adds nothing.
+    dedupe_key = models.CharField(max_length=120)
+    created_at = models.DateTimeField(default=timezone.now)
+    read_at = models.DateTimeField(null=True, blank=True)
+    # Set when the digest task has handled it (sent or skipped by preference).
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["user", "dedupe_key"], name="uniq_notification")]
+        indexes = [
+            models.Index(fields=["user", "read_at"]),
+            models.Index(fields=["user", "delivered_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.user_id}"
+
+
+class NotificationPreference(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_pref")
+    email = models.BooleanField(default=True)
+    webhook_url = models.URLField(blank=True, help_text="Personal Slack-compatible incoming webhook.")
+    # Kinds the user does not want at all (in-app, email or webhook).
+    muted_kinds = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"Notification preferences of {self.user_id}"
+
+
+class EvidenceSnapshot(models.Model):
+    """Frozen bundle of what a verdict was decided on; stored once and never changed."""
+
+    card = models.OneToOneField(Card, on_delete=models.CASCADE, related_name="evidence_snapshot")
+    hypothesis = models.ForeignKey(Card, null=True, on_delete=models.SET_NULL, related_name="+")
+    proposal = models.ForeignKey(VerdictProposal, null=True, on_delete=models.SET_NULL, related_name="+")
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Evidence for {self.card_id}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("Evidence snapshots are immutable.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]

@@ -164,3 +164,61 @@ def roll_team_iterations(team_id: int, now_iso: str | None = None) -> int | None
     now = dt.datetime.fromisoformat(now_iso) if now_iso else None
     active = iteration_roll(team=team, now=now)
     return active.pk if active else None
+
+
+# --- Teamwork: notification digests, stuck-card notices, Done archiving ------------------------
+
+
+@shared_task(acks_late=True)
+def send_notification_digest(user_id: int) -> int:
+    """Mail / post everything pending for one user as one digest (idempotent: nothing pending, nothing sent)."""
+    from .services.notifications import notification_digest_send
+
+    return notification_digest_send(user_id=user_id)
+
+
+@shared_task(acks_late=True)
+def send_pending_notification_digests() -> list[int]:
+    """Beat safety net: a digest for anyone whose scheduled task was lost (worker restart)."""
+    from .services.notifications import users_with_pending
+
+    users = users_with_pending()
+    for user_id in users:
+        transaction.on_commit(lambda user_id=user_id: send_notification_digest.delay(user_id))
+    return users
+
+
+@shared_task(acks_late=True)
+def notify_all_stuck_cards() -> list[int]:
+    from .models import Team
+
+    ids = list(Team.objects.values_list("pk", flat=True))
+    for team_id in ids:
+        transaction.on_commit(lambda team_id=team_id: notify_team_stuck_cards.delay(team_id))
+    return ids
+
+
+@shared_task(acks_late=True)
+def notify_team_stuck_cards(team_id: int) -> int:
+    from .services.notifications import notify_stuck_cards
+
+    return notify_stuck_cards(team_id=team_id)
+
+
+@shared_task(acks_late=True)
+def archive_all_done_cards() -> list[int]:
+    from .models import Team
+
+    ids = list(Team.objects.values_list("pk", flat=True))
+    for team_id in ids:
+        transaction.on_commit(lambda team_id=team_id: archive_team_done_cards.delay(team_id))
+    return ids
+
+
+@shared_task(acks_late=True)
+def archive_team_done_cards(team_id: int) -> int:
+    from .models import Team
+    from .services.cards import cards_archive_done
+
+    team = Team.objects.filter(pk=team_id).first()
+    return cards_archive_done(team=team) if team is not None else 0

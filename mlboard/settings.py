@@ -155,7 +155,15 @@ CELERY_BEAT_SCHEDULE = {
     "maturity-snapshots": {"task": "experiments.tasks.snapshot_all_maturity", "schedule": crontab(hour=2, minute=0)},
     "mlflow-imports": {"task": "experiments.tasks.sync_all_mlflow_sources", "schedule": crontab(minute="*/15")},
     "iteration-rollover": {"task": "experiments.tasks.roll_iterations", "schedule": crontab(minute="*/10")},
+    # Teamwork: lost notification digests, stuck-card notices, Done archiving.
+    "notification-digests": {
+        "task": "experiments.tasks.send_pending_notification_digests", "schedule": crontab(minute="*/10"),
+    },
+    "stuck-card-notices": {"task": "experiments.tasks.notify_all_stuck_cards", "schedule": crontab(minute=15)},
+    "archive-done-cards": {"task": "experiments.tasks.archive_all_done_cards", "schedule": crontab(hour=3, minute=30)},
 }
+# Notifications of one user within this many seconds go out as one email / webhook message.
+NOTIFY_BATCH_SECONDS = int(os.environ.get("NOTIFY_BATCH_SECONDS", "120"))
 
 CACHES = {
     "default": (

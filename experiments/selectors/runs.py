@@ -276,14 +276,20 @@ def _as_float(text: str | None) -> float | None:
 
 
 def runs_compare(*, team: Team, run_ids: Sequence[int]) -> Comparison:
-    """Side-by-side params and final (latest) metrics of up to MAX_COMPARE runs (3 queries)."""
+    """Side-by-side params and final (latest) metrics of up to MAX_COMPARE runs, from any cards of
+    the team; each run carries `linked_cards` (4 queries)."""
     wanted = list(dict.fromkeys(run_ids))[:MAX_COMPARE]
     found = {
         run.pk: run
         for run in Run.objects.filter(team=team, pk__in=wanted)
         .select_related("user")
-        .prefetch_related("params", "latest_metrics")
+        .prefetch_related(
+            "params", "latest_metrics",
+            Prefetch("card_links", queryset=CardRun.objects.select_related("card").order_by("card__key")),
+        )
     }
+    for run in found.values():
+        run.linked_cards = [link.card for link in run.card_links.all()]  # type: ignore[attr-defined]
     runs = [found[i] for i in wanted if i in found]
     missing = [i for i in wanted if i not in found]
     param_maps = [{p.key: p.value for p in run.params.all()} for run in runs]

@@ -6,6 +6,7 @@ instead of silently overwriting someone else's change.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +14,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ..errors import ConflictError, DomainError
+from ..errors import ConflictError, DomainError, WipLimitError
 from ..models import (
     AnalysisScale,
     AnalysisTest,
@@ -26,8 +27,10 @@ from ..models import (
     Direction,
     EventKind,
     Membership,
+    Role,
     Stage,
     Tag,
+    Team,
     User,
     VerdictChoice,
 )
@@ -41,6 +44,7 @@ HYPOTHESIS_FIELDS = ("statement", "rationale", *CRITERION_FIELDS)
 EXPERIMENT_FIELDS = ("plan", "baseline_value")
 RESULT_FIELDS = ("verdict", "evidence", "learnings")
 COMMON_FIELDS = ("title", "description", "owner", "parent", "iteration")
+EDITOR_ROLES = (Role.MANAGER, Role.MEMBER)
 EDITABLE_FIELDS = COMMON_FIELDS + HYPOTHESIS_FIELDS + EXPERIMENT_FIELDS + RESULT_FIELDS
 
 
@@ -68,7 +72,7 @@ def event_record(
     )
 
 
-def _validate(card: Card) -> None:
+def _validate(card: Card, *, check_owner_role: bool = True) -> None:
     errors: dict[str, str] = {}
     if not card.title.strip():
         errors["title"] = "A title is required."
@@ -111,10 +115,16 @@ def _validate(card: Card) -> None:
         errors["parent"] = "The parent card must be on the same board."
     if card.parent_id is not None and card.parent_id == card.pk:
         errors["parent"] = "A card cannot be its own parent."
-    if card.owner_id is not None and not Membership.objects.filter(
-        team_id=card.board.team_id, user_id=card.owner_id
-    ).exists():
-        errors["owner"] = "The owner must be a member of this board's team."
+    if card.owner_id is not None:
+        role = (
+            Membership.objects.filter(team_id=card.board.team_id, user_id=card.owner_id)
+            .values_list("role", flat=True)
+            .first()
+        )
+        if role is None:
+            errors["owner"] = "The owner must be a member of this board's team."
+        elif check_owner_role and role not in EDITOR_ROLES:
+            errors["owner"] = "Viewers cannot own cards; choose a member or manager."
     if errors:
         first_field, first_message = next(iter(errors.items()))
         error = DomainError(first_message, field=first_field)
@@ -252,12 +262,25 @@ def card_move(
     expected_version: int | None,
     index: int | None = None,
     reason: str = "",
+    confirm_over_limit: bool = True,
 ) -> Card:
+    """`confirm_over_limit=False` (a person's drop) refuses a move past a full column's WIP limit when
+    the team set its limits to strict, so the browser can ask first; run events always move."""
     card = card_lock(card=card)
     _check_version(card, expected_version)
     if to_column.board_id != card.board_id:
         raise DomainError("Cards can only move between columns of their own board.", field="column")
     from_column = card.column
+    if not confirm_over_limit and from_column.pk != to_column.pk and to_column.wip_limit is not None:
+        from .teams import teamwork_settings
+
+        if teamwork_settings(team_id=card.board.team_id).wip_strict:
+            count = Card.objects.filter(column=to_column, archive__isnull=True).count()
+            if count >= to_column.wip_limit:
+                raise WipLimitError(
+                    f"{to_column.name} already holds {count} card(s), at its WIP limit of {to_column.wip_limit}. "
+                    f"Move {card.key} there anyway?"
+                )
     card.position = _position_at(to_column, index, exclude_id=card.pk)
     card.column = to_column
     if from_column.pk != to_column.pk:
@@ -310,7 +333,7 @@ def card_update(
         card.criteria_set_at = timezone.now()
     if card.kind == CardKind.RESULT and "verdict" in changed and card.verdict:
         card.decided_at = timezone.now()
-    _validate(card)
+    _validate(card, check_owner_role="owner" in changed)
     amended = [name for name in CRITERION_FIELDS if name in changed]
     if card.kind == CardKind.HYPOTHESIS and card.criteria_frozen_at is not None and amended:
         _amendments_record(card=card, actor=actor, changed={n: changed[n] for n in amended}, reason=amendment_reason)
@@ -380,3 +403,56 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+@transaction.atomic
+def card_children_move_to_stage(*, card: Card, stage: str, actor: User | None, reason: str) -> list[Card]:
+    """Move a hypothesis's experiments along with it (e.g. out of Analyzing once the verdict is decided)."""
+    moved = []
+    children = Card.objects.filter(parent=card, kind=CardKind.EXPERIMENT).exclude(column__stage=stage)
+    for child in children.select_related("board", "column"):
+        if card_move_to_stage(card=child, stage=stage, actor=actor, reason=reason) is not None:
+            moved.append(child)
+    return moved
+
+
+# --- Archiving Done cards ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def cards_archive_done(*, team: Team, now: dt.datetime | None = None) -> int:
+    """Take Done cards older than the team's age limit off the board (idempotent). Returns how many."""
+    from ..models import CardArchive
+    from .teams import teamwork_settings
+
+    days = teamwork_settings(team_id=team.pk).archive_done_after_days
+    if not days:
+        return 0
+    cutoff = (now or timezone.now()) - dt.timedelta(days=days)
+    ids = list(
+        Card.objects.filter(
+            board__team=team, column__stage=Stage.DONE, completed_at__lt=cutoff, archive__isnull=True
+        ).values_list("pk", flat=True)
+    )
+    CardArchive.objects.bulk_create([CardArchive(card_id=i) for i in ids], ignore_conflicts=True)
+    return len(ids)
+
+
+@transaction.atomic
+def card_archive(*, card: Card, actor: User | None) -> None:
+    from ..models import CardArchive
+
+    CardArchive.objects.get_or_create(card=card, defaults={"archived_by": actor})
+
+
+@transaction.atomic
+def card_restore(*, card: Card, actor: User | None) -> bool:
+    """Put an archived card back on its board; it stays out of the next automatic pass for a full
+    age period because its completion time restarts."""
+    from ..models import CardArchive
+
+    deleted, _ = CardArchive.objects.filter(card=card).delete()
+    if deleted:
+        Card.objects.filter(pk=card.pk, completed_at__isnull=False).update(completed_at=timezone.now())
+        event_record(card=card, kind=EventKind.EDITED, actor=actor, data={"changed": {"archived": [True, False]}})
+    return bool(deleted)

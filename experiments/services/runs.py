@@ -849,6 +849,9 @@ def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
     if not statuses:
         return
     if trigger_run.status == RunStatus.FAILED or trigger_run.status == RunStatus.KILLED:
+        from .notifications import notify_run_failed
+
+        notify_run_failed(card=card, run=trigger_run)
         if not card.flagged:
             card_flag(
                 card=card, actor=None, flagged=True,

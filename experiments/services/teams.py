@@ -19,7 +19,7 @@ from django.db import transaction
 
 from .. import outbound
 from ..errors import DomainError
-from ..models import Membership, MlflowSource, Role, Run, Team, TrackingExperiment, User
+from ..models import Card, Membership, MlflowSource, Role, Run, Team, TeamworkSettings, TrackingExperiment, User
 from .mlflow_import import source_label, uri_origin
 
 STUCK_AFTER_MAX_HOURS = 24 * 30
@@ -269,6 +269,9 @@ def membership_set_role(*, membership: Membership, role: str) -> Membership:
         _ensure_not_last_manager(membership, action=f"made a {Role(role).label.lower()}")
     membership.role = role
     membership.save(update_fields=["role"])
+    if role == Role.VIEWER:
+        # Viewers cannot own cards: hand their cards back to the team.
+        Card.objects.filter(board__team_id=membership.team_id, owner_id=membership.user_id).update(owner=None)
     return membership
 
 
@@ -454,3 +457,31 @@ def mlflow_source_sync_now(*, source: MlflowSource) -> None:
     transaction.on_commit(lambda: sync_mlflow_source.delay(source_id))
 
 
+
+
+# --- Teamwork settings (WIP strictness, Done archiving) -----------------------------------------
+
+
+def teamwork_settings(*, team_id: int) -> TeamworkSettings:
+    """The team's board-polish settings, created with defaults on first use."""
+    obj, _ = TeamworkSettings.objects.get_or_create(team_id=team_id)
+    return obj
+
+
+ARCHIVE_DAYS_MAX = 3650
+
+
+@transaction.atomic
+def teamwork_settings_update(
+    *, team: Team, wip_strict: bool, archive_done_after_days: int | None
+) -> TeamworkSettings:
+    if archive_done_after_days is not None and not 1 <= archive_done_after_days <= ARCHIVE_DAYS_MAX:
+        raise DomainError(
+            f"Archive Done cards after 1 to {ARCHIVE_DAYS_MAX} days, or leave it empty to keep them.",
+            field="archive_done_after_days",
+        )
+    obj = teamwork_settings(team_id=team.pk)
+    obj.wip_strict = wip_strict
+    obj.archive_done_after_days = archive_done_after_days
+    obj.save()
+    return obj

@@ -607,6 +607,9 @@ def verdict_propose(*, card: Card) -> VerdictProposal | None:
             "superseded": superseded,
         },
     )
+    from .notifications import notify_verdict
+
+    notify_verdict(card=card, proposal=proposal, decided=False, actor=None)
     return proposal
 
 
@@ -688,4 +691,17 @@ def verdict_decide(
             "result_card": result.key,
         },
     )
+    decision_followups(proposal=proposal, hypothesis=hypothesis, result=result, actor=actor)
     return proposal
+
+
+def decision_followups(*, proposal: VerdictProposal, hypothesis: Card, result: Card, actor: User) -> None:
+    """After a decision: experiments leave Analyzing with their hypothesis, the evidence is frozen on
+    the result card, and watchers are told."""
+    from .cards import card_children_move_to_stage
+    from .evidence import evidence_snapshot_create
+    from .notifications import notify_verdict
+
+    card_children_move_to_stage(card=hypothesis, stage=Stage.DONE, actor=actor, reason="hypothesis decided")
+    evidence_snapshot_create(result=result, hypothesis=hypothesis, proposal=proposal, actor=actor)
+    notify_verdict(card=hypothesis, proposal=proposal, decided=True, actor=actor)

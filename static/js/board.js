@@ -132,7 +132,12 @@
     pending.add(id);
     card.classList.add("is-saving");
     card.setAttribute("aria-busy", "true");
-    const data = await postMove(id, body);
+    let data = await postMove(id, body);
+    // Strict WIP limits: the server refuses a drop onto a full column until the person confirms.
+    if (!data.ok && data.needs_confirm && window.confirm(data.error)) {
+      body.set("confirm_over_limit", "1");
+      data = await postMove(id, body);
+    }
     pending.delete(id);
     card.classList.remove("is-saving");
     card.removeAttribute("aria-busy");
@@ -141,7 +146,8 @@
       card.dataset.version = data.card.version;
       adoptStamp(data.stamp_before, data.stamp);
       updateColumns(data.columns);
-      announce(data.message);
+      announce(data.wip_warning ? `${data.message} ${data.wip_warning}` : data.message);
+      if (data.wip_warning) showAlert(data.wip_warning, "warn");
       refreshQuickView(id);
       flash(card, "is-moved");
       return true;
