@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import PrivatePostgres, gunicorn, login, seed  # noqa: E402
+from _server import PrivatePostgres, gunicorn, login, seed
 
 
 def measure(db: PrivatePostgres, info: dict, *, health_checks: bool, clients: int, workers: int) -> dict:
