@@ -627,6 +627,11 @@ class RunDataset(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.digest})"
 
+    @property
+    def context(self) -> str:
+        """What the run used it for: MLflow's mlflow.data.context input tag (training, eval...)."""
+        return str((self.tags or {}).get("mlflow.data.context", ""))
+
 
 class LoggedModelStatus(models.TextChoices):
     PENDING = "LOGGED_MODEL_PENDING", "Pending"
