@@ -762,3 +762,26 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.registered_model_id} v{self.version}"
+
+
+# --- Artifacts ---------------------------------------------------------------------------------
+
+
+class ArtifactFile(models.Model):
+    """Index of one stored artifact (the bytes are in the artifact storage under `path`).
+
+    Listings, the run page's tree and the card page's images read this table, so they cost a
+    fixed number of queries on any storage backend instead of one storage round-trip per run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="artifact_files")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="artifact_files")
+    path = models.CharField(max_length=1024, unique=True, help_text="Storage key: teams/<team id>/...")
+    size = models.BigIntegerField()
+    content_type = models.CharField(max_length=100, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "path"]), models.Index(fields=["team", "path"])]
+
+    def __str__(self) -> str:
+        return self.path

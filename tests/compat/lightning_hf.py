@@ -22,15 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 os.environ.setdefault("MLBOARD_ARTIFACT_ROOT", tempfile.mkdtemp(prefix="mlboard-compat-artifacts-"))
-import _bootstrap  # noqa: E402, F401  (Django set up on a throw-away database)
-from django.core.management import call_command  # noqa: E402
-from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler  # noqa: E402
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+import _bootstrap  # noqa: F401  (Django set up on a throw-away database)
+from django.core.management import call_command
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+from django.core.wsgi import get_wsgi_application
 
-from experiments.models import LoggedModel, Run, User  # noqa: E402
-from experiments.services.boards import membership_set, team_create  # noqa: E402
-from experiments.services.tokens import token_create  # noqa: E402
-from tests.client_venv import ensure_venv, run_script  # noqa: E402
+from experiments.models import LoggedModel, Run, User
+from experiments.services.boards import membership_set, team_create
+from experiments.services.tokens import token_create
+from tests.client_venv import ensure_venv, run_script
 
 PORT = int(os.environ.get("COMPAT_PORT", "18210"))
 
