@@ -24,8 +24,13 @@ def mlflow_python():
 
 
 @pytest.fixture
-def job(mlflow_python, live_server, member, team, tmp_path):
+def job(mlflow_python, live_server, member, team, tmp_path, settings):
     """Run a script as a training job of `member` logging into `team`; returns its output."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {"BACKEND": "experiments.storage.LocalArtifactStorage",
+                      "OPTIONS": {"location": str(tmp_path / "artifacts")}},
+    }
     env = {
         "MLFLOW_TRACKING_URI": f"{live_server.url}/mlflow",
         "MLFLOW_TRACKING_TOKEN": token_create(user=member, name="job", team=team)[1],
@@ -53,8 +58,16 @@ def _value(output: str, label: str) -> str:
     raise AssertionError(f"{label} not printed:\n{output}")
 
 
+# Printed by the client whatever the server (a note about pickle files), so not a server problem.
+CLIENT_SIDE_NOTICES = ("pickle or cloudpickle format",)
+
+
 def _mlflow_warnings(output: str) -> list[str]:
-    return [line for line in output.splitlines() if "WARNING" in line and "mlflow" in line]
+    """mlflow's WARNING lines (autologging reports its failures this way and carries on)."""
+    return [
+        line for line in output.splitlines()
+        if "WARNING" in line and "mlflow" in line and not any(n in line for n in CLIENT_SIDE_NOTICES)
+    ]
 
 
 def test_log_input_from_pandas(job):
@@ -109,15 +122,15 @@ def test_log_model_register_and_load_by_alias_gives_the_same_predictions(job):
         import mlflow, numpy as np
         from mlflow import MlflowClient
         from sklearn.datasets import load_iris
-        from sklearn.tree import DecisionTreeClassifier
+        from sklearn.linear_model import LogisticRegression
         X, y = load_iris(return_X_y=True)
-        model = DecisionTreeClassifier(max_depth=3, random_state=0).fit(X, y)
+        model = LogisticRegression(max_iter=300).fit(X, y)
         mlflow.set_experiment("registry")
         with mlflow.start_run() as run:
             info = mlflow.sklearn.log_model(model, name="model", input_example=X[:2])
-        version = mlflow.register_model(info.model_uri, "iris-tree")
-        MlflowClient().set_registered_model_alias("iris-tree", "champion", version.version)
-        loaded = mlflow.pyfunc.load_model("models:/iris-tree@champion")
+        version = mlflow.register_model(info.model_uri, "iris-clf")
+        MlflowClient().set_registered_model_alias("iris-clf", "champion", version.version)
+        loaded = mlflow.pyfunc.load_model("models:/iris-clf@champion")
         same = bool(np.array_equal(loaded.predict(X), model.predict(X)))
         print("RUN", run.info.run_id)
         print("MODEL", info.model_id)
@@ -126,7 +139,7 @@ def test_log_model_register_and_load_by_alias_gives_the_same_predictions(job):
     assert _value(out, "SAME") == "True"
     model = LoggedModel.objects.get(model_id=_value(out, "MODEL"))
     assert model.source_run.external_id == _value(out, "RUN") and model.status == LoggedModelStatus.READY
-    registered = RegisteredModel.objects.get(name="iris-tree")
+    registered = RegisteredModel.objects.get(name="iris-clf")
     assert registered.aliases == {"champion": 1}
     version = ModelVersion.objects.get(registered_model=registered)
     assert version.logged_model == model and version.run == model.source_run

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-os.environ.setdefault("MLBOARD_ARTIFACT_ROOT", tempfile.mkdtemp(prefix="mlboard-compat-artifacts-"))
+os.environ.setdefault("ARTIFACT_ROOT", tempfile.mkdtemp(prefix="mlboard-compat-artifacts-"))
 import _bootstrap  # noqa: F401  (Django set up on a throw-away database)
 from django.core.management import call_command
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
