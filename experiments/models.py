@@ -724,6 +724,11 @@ class RunDataset(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.digest})"
 
+    @property
+    def context(self) -> str:
+        """What the run used it for: MLflow's mlflow.data.context input tag (training, eval...)."""
+        return str((self.tags or {}).get("mlflow.data.context", ""))
+
 
 class LoggedModelStatus(models.TextChoices):
     PENDING = "LOGGED_MODEL_PENDING", "Pending"
@@ -1002,3 +1007,26 @@ class EvidenceSnapshot(models.Model):
         if self.pk is not None and not kwargs.get("force_insert"):
             raise ValueError("Evidence snapshots are immutable.")
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# --- Artifacts ---------------------------------------------------------------------------------
+
+
+class ArtifactFile(models.Model):
+    """Index of one stored artifact (the bytes are in the artifact storage under `path`).
+
+    Listings, the run page's tree and the card page's images read this table, so they cost a
+    fixed number of queries on any storage backend instead of one storage round-trip per run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="artifact_files")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="artifact_files")
+    path = models.CharField(max_length=1024, unique=True, help_text="Storage key: teams/<team id>/...")
+    size = models.BigIntegerField()
+    content_type = models.CharField(max_length=100, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "path"]), models.Index(fields=["team", "path"])]
+
+    def __str__(self) -> str:
+        return self.path

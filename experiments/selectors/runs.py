@@ -31,6 +31,7 @@ from ..models import (
 )
 from ..services.runs import DEFAULT_EXPERIMENT_NAME, SEED_KEYS
 from .metrics import format_value
+from .registry import run_models
 
 DEFAULT_SORT = "-start"
 SORT_FIELDS = {
@@ -227,6 +228,8 @@ class RunDetail:
     user_tags: list[tuple[str, str]]
     system_tags: list[tuple[str, str]]
     environment: list[tuple[str, str]]
+    datasets: list = field(default_factory=list)
+    models: list = field(default_factory=list)
 
 
 def run_detail(run: Run) -> RunDetail:
@@ -242,8 +245,9 @@ def run_detail(run: Run) -> RunDetail:
     system = [(k, v) for k, v in tags if k.startswith(("mlflow.", "mlboard."))]
     user = [(k, v) for k, v in tags if not k.startswith(("mlflow.", "mlboard."))]
     env = sorted((str(k), str(v)) for k, v in (run.environment or {}).items())
+    produced = run_models(run)
     return RunDetail(run=run, params=params, metrics=metrics, links=links, user_tags=user, system_tags=system,
-                     environment=env)
+                     environment=env, datasets=produced.datasets, models=produced.models)
 
 
 # --- Comparison ---------------------------------------------------------------------------------

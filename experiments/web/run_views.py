@@ -36,6 +36,7 @@ from ..models import (
     VerdictProposal,
 )
 from ..selectors import metrics as metric_selectors
+from ..selectors import registry as registry_selectors
 from ..selectors import runs as run_selectors
 from ..services import runs as run_services
 
@@ -219,6 +220,15 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         {"team": run.team, "membership": membership, "run": run, "detail": detail, "charts": charts_list,
          **comments_context(request, run=run)},
     )
+
+
+@login_required
+@require_GET
+def models_page(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """The team's model registry: registered models, versions with their run and card, aliases."""
+    membership = get_membership_or_404(user=request.user, team_slug=team_slug)
+    models = registry_selectors.team_registered_models(team=membership.team)
+    return render(request, "models/list.html", {"team": membership.team, "membership": membership, "models": models})
 
 
 @require_GET
