@@ -17,6 +17,7 @@ from unittest import mock
 
 from django.utils import timezone
 
+from .demo_artifacts import demo_artifacts_log
 from .models import (
     Board,
     Card,
@@ -201,7 +202,9 @@ def _train(story: Story, *, team: Team, exp: Card, users: dict[str, User], rng: 
                     "mlboard.trigger": Trigger.SCHEDULED if seed % 2 == 0 else Trigger.MANUAL,
                 },
             )
-        _log_curves(run, rng, story=story, final=story.final + rng.gauss(0, 0.0015), started=begin)
+        final = story.final + rng.gauss(0, 0.0015)
+        _log_curves(run, rng, story=story, final=final, started=begin)
+        demo_artifacts_log(run=run, score=final)
         started.append((run, begin))
     if not story.finish:
         return

@@ -12,7 +12,7 @@ from typing import IO, Any
 from django.core.exceptions import SuspiciousFileOperation
 
 from ..models import ArtifactFile, Run, Team
-from ..services.artifacts import TEAMS_DIR, invalid_path, run_artifact_root, team_prefix
+from ..services.artifacts import TEAMS_DIR, invalid_path, run_artifact_default_root, run_artifact_root, team_prefix
 from ..services.runs import IngestError
 from ..storage import artifact_storage
 
@@ -81,8 +81,8 @@ def artifact_open(*, key: str) -> OpenArtifact:
 
 
 def _root_prefix(run: Run) -> str:
-    root = run_artifact_root(run)
-    return f"{root}/" if root else ""
+    # Runs whose URI points elsewhere (imported ones) keep copied artifacts under the default root.
+    return f"{run_artifact_root(run) or run_artifact_default_root(run)}/"
 
 
 def run_artifact_key(run: Run, relative: str) -> str:

@@ -59,11 +59,16 @@ def team_prefix(team_id: int) -> str:
     return f"{TEAMS_DIR}/{team_id}"
 
 
+def run_artifact_default_root(run: Run) -> str:
+    """teams/<team>/<experiment>/<run id>/artifacts: where mlboard keeps a run's artifacts, also the
+    key prefix for artifacts copied in by an MLflow import (the run keeps the remote URI)."""
+    return f"{team_prefix(run.team_id)}/{run.experiment_id or 0}/{run.external_id}/artifacts"
+
+
 def run_artifact_uri(run: Run) -> str:
     """What runs/create and runs/get return; the client resolves it against the tracking URI.
     New runs store it (services.runs.run_create); older ones get the team-scoped default."""
-    default = f"{SCHEME}:/{team_prefix(run.team_id)}/{run.experiment_id or 0}/{run.external_id}/artifacts"
-    return run.artifact_uri or default
+    return run.artifact_uri or f"{SCHEME}:/{run_artifact_default_root(run)}"
 
 
 def run_artifact_uri_for_new(*, team: Team, experiment: TrackingExperiment | None, run_id: str) -> str:
