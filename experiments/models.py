@@ -628,3 +628,46 @@ class DigestDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"Digest {self.digest_id} {self.channel}"
+
+
+class ImportedRunArtifacts(models.Model):
+    """The artifacts of one imported run, copied from its MLflow server's artifact proxy into
+    mlboard's artifact storage. Pending until every file is copied (done_at); files already
+    stored with the same size are skipped, so an interrupted copy resumes where it stopped."""
+
+    source = models.ForeignKey(MlflowSource, on_delete=models.CASCADE, related_name="artifact_copies")
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="imported_artifacts")
+    remote_root = models.CharField(max_length=1000, help_text="Path on the server's mlflow-artifacts API.")
+    files = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    done_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "done_at"])]
+
+    def __str__(self) -> str:
+        return f"Artifacts of run {self.run_id}"
+
+
+# --- Artifacts ---------------------------------------------------------------------------------
+
+
+class ArtifactFile(models.Model):
+    """Index of one stored artifact (the bytes are in the artifact storage under `path`).
+
+    Listings, the run page's tree and the card page's images read this table, so they cost a
+    fixed number of queries on any storage backend instead of one storage round-trip per run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="artifact_files")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="artifact_files")
+    path = models.CharField(max_length=1024, unique=True, help_text="Storage key: teams/<team id>/...")
+    size = models.BigIntegerField()
+    content_type = models.CharField(max_length=100, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "path"]), models.Index(fields=["team", "path"])]
+
+    def __str__(self) -> str:
+        return self.path

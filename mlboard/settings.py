@@ -219,3 +219,29 @@ OUTBOUND_CONNECT_TIMEOUT = float(os.environ.get("OUTBOUND_CONNECT_TIMEOUT", "5")
 OUTBOUND_READ_TIMEOUT = float(os.environ.get("OUTBOUND_READ_TIMEOUT", "30"))
 OUTBOUND_DEADLINE = float(os.environ.get("OUTBOUND_DEADLINE", "300"))
 OUTBOUND_MAX_RESPONSE_BYTES = int(os.environ.get("OUTBOUND_MAX_RESPONSE_BYTES", str(64 * 1024 * 1024)))
+
+# --- Artifacts (MLflow artifact proxy: /mlflow/api/2.0/mlflow-artifacts/...) ---------------------
+# A local directory by default; S3-compatible object storage (AWS S3, MinIO, ...) when a bucket is set.
+ARTIFACT_ROOT = os.environ.get("ARTIFACT_ROOT", str(BASE_DIR / "artifacts"))
+ARTIFACT_S3_BUCKET = os.environ.get("ARTIFACT_S3_BUCKET", "")
+# Largest single artifact accepted (bytes); 0 means no limit.
+ARTIFACT_MAX_FILE_SIZE = int(os.environ.get("ARTIFACT_MAX_FILE_SIZE", str(20 * 1024**3)))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": (
+        {
+            "BACKEND": "experiments.storage.S3ArtifactStorage",
+            "OPTIONS": {
+                "bucket_name": ARTIFACT_S3_BUCKET,
+                "location": os.environ.get("ARTIFACT_S3_PREFIX", "").strip("/"),
+                "endpoint_url": os.environ.get("ARTIFACT_S3_ENDPOINT_URL") or None,
+                "region_name": os.environ.get("ARTIFACT_S3_REGION") or None,
+                "access_key": os.environ.get("ARTIFACT_S3_ACCESS_KEY_ID") or None,
+                "secret_key": os.environ.get("ARTIFACT_S3_SECRET_ACCESS_KEY") or None,
+            },
+        }
+        if ARTIFACT_S3_BUCKET
+        else {"BACKEND": "experiments.storage.LocalArtifactStorage", "OPTIONS": {"location": ARTIFACT_ROOT}}
+    ),
+}

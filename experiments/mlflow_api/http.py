@@ -258,20 +258,25 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                 caller = authenticate(request)
                 body = parse_body(request, max_bytes=max_bytes)
                 return json_response(handler(caller, body))
-            except MlflowApiError as exc:
-                return error_response(exc.code, exc.message)
-            except IngestError as exc:
-                return error_response(exc.mlflow_code, exc.message)
-            except PermissionDeniedError as exc:
-                return error_response("PERMISSION_DENIED", exc.message)
-            except ConflictError as exc:
-                return error_response("RESOURCE_CONFLICT", exc.message)
-            except DomainError as exc:
-                return error_response("INVALID_PARAMETER_VALUE", exc.message)
-            except Exception:
-                logger.exception("MLflow-compatible endpoint %s failed", request.path)
-                return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")
+            except Exception as exc:
+                return exception_response(request, exc)
 
         return view
 
     return decorate
+
+
+def exception_response(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """Every failure of an MLflow endpoint as MLflow's error JSON (never an HTML page)."""
+    if isinstance(exc, MlflowApiError):
+        return error_response(exc.code, exc.message)
+    if isinstance(exc, IngestError):
+        return error_response(exc.mlflow_code, exc.message)
+    if isinstance(exc, PermissionDeniedError):
+        return error_response("PERMISSION_DENIED", exc.message)
+    if isinstance(exc, ConflictError):
+        return error_response("RESOURCE_CONFLICT", exc.message)
+    if isinstance(exc, DomainError):
+        return error_response("INVALID_PARAMETER_VALUE", exc.message)
+    logger.error("MLflow-compatible endpoint %s failed", request.path, exc_info=exc)
+    return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
 
 from ..models import LatestMetric, Metric, Param, Run, Team, TrackingExperiment
+from ..services.artifacts import experiment_artifact_location, run_artifact_uri
 from ..services.runs import ACTIVE, DEFAULT_EXPERIMENT_NAME, RUN_NAME_TAG, dt_to_ms
 from .http import invalid, json_number, not_found
 from .search import (
@@ -44,7 +45,7 @@ def experiment_json(experiment: TrackingExperiment) -> dict[str, Any]:
     data: dict[str, Any] = {
         "experiment_id": str(experiment.pk),
         "name": experiment.name,
-        "artifact_location": experiment.artifact_location,
+        "artifact_location": experiment_artifact_location(experiment),
         "lifecycle_stage": experiment.lifecycle_stage,
         "last_update_time": dt_to_ms(experiment.updated_at),
         "creation_time": dt_to_ms(experiment.created_at),
@@ -55,7 +56,7 @@ def experiment_json(experiment: TrackingExperiment) -> dict[str, Any]:
 
 
 def artifact_uri(run: Run) -> str:
-    return run.artifact_uri or f"mlflow-artifacts:/{run.experiment_id or 0}/{run.external_id}/artifacts"
+    return run_artifact_uri(run)
 
 
 def run_info_json(run: Run) -> dict[str, Any]:

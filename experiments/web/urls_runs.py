@@ -19,3 +19,11 @@ urlpatterns = [
         name="card_verdict_decide",
     ),
 ]
+
+# Artifacts (experiments/web/artifact_views.py)
+from . import artifact_views  # noqa: E402
+
+urlpatterns += [
+    path("runs/<int:run_id>/artifacts/file/", artifact_views.run_artifact_file, name="run_artifact_file"),
+    path("runs/<int:run_id>/artifacts/view/", artifact_views.run_artifact_preview, name="run_artifact_preview"),
+]
