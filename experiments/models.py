@@ -674,6 +674,26 @@ class DigestDelivery(models.Model):
         return f"Digest {self.digest_id} {self.channel}"
 
 
+class ImportedRunArtifacts(models.Model):
+    """The artifacts of one imported run, copied from its MLflow server's artifact proxy into
+    mlboard's artifact storage. Pending until every file is copied (done_at); files already
+    stored with the same size are skipped, so an interrupted copy resumes where it stopped."""
+
+    source = models.ForeignKey(MlflowSource, on_delete=models.CASCADE, related_name="artifact_copies")
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="imported_artifacts")
+    remote_root = models.CharField(max_length=1000, help_text="Path on the server's mlflow-artifacts API.")
+    files = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    done_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "done_at"])]
+
+    def __str__(self) -> str:
+        return f"Artifacts of run {self.run_id}"
+
+
 # --- Verdicts: pre-registration ------------------------------------------------------------------
 
 

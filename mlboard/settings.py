@@ -95,6 +95,10 @@ DATABASES = {
 # reports) and only pays back on analytic queries far larger than these: off unless DB_JIT=1.
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get("DB_JIT", "0") != "1":
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Same backend, but a new connection waits out a database restart (mlboard/db_backends/postgresql).
+    DATABASES["default"]["ENGINE"] = "mlboard.db_backends.postgresql"
+DB_CONNECT_RETRY_SECONDS = float(os.environ.get("DB_CONNECT_RETRY_SECONDS", "10"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "experiments.User"
 
@@ -293,6 +297,7 @@ OUTBOUND_MAX_RESPONSE_BYTES = int(os.environ.get("OUTBOUND_MAX_RESPONSE_BYTES", 
 # Maturity: repeated runs (same configuration, other seeds) must agree within this relative
 # tolerance to count as reproduced; a team can set its own.
 MATURITY_REPRO_TOLERANCE = float(os.environ.get("MATURITY_REPRO_TOLERANCE", "0.02"))
+
 # --- Artifacts (MLflow artifact proxy: /mlflow/api/2.0/mlflow-artifacts/...) ---------------------
 # A local directory by default; S3-compatible object storage (AWS S3, MinIO, ...) when a bucket is set.
 ARTIFACT_ROOT = os.environ.get("ARTIFACT_ROOT", str(BASE_DIR / "artifacts"))

@@ -323,6 +323,8 @@ def exception_response(request: HttpRequest, exc: Exception) -> HttpResponse:
     if isinstance(exc, DataError | OverflowError):
         # The database refused a value (too long, out of range) that validation let through.
         logger.warning("MLflow-compatible endpoint %s: value refused by the database", request.path)
-        return error_response("INVALID_PARAMETER_VALUE", "A value in the request is too long or out of range for mlboard.")
+        return error_response(
+            "INVALID_PARAMETER_VALUE", "A value in the request is too long or out of range for mlboard."
+        )
     logger.error("MLflow-compatible endpoint %s failed", request.path, exc_info=exc)
     return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")
