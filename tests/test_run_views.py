@@ -26,7 +26,7 @@ from experiments.services.runs import (
 METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # session + user + membership/team, then the page's own reads (see the selectors' docstrings).
 RUNS_LIST_QUERIES = 10
-CARD_PAGE_QUERIES = 13
+CARD_PAGE_QUERIES = 18  # +5 verdict plan: progress (3), amendments, sample-size spread
 CARD_CHART_QUERIES = 6
 
 
@@ -295,7 +295,7 @@ def test_card_page_hypothesis_fields_tree_history_and_runs(client_for, member, m
 
     assert response.status_code == 200
     for text in ("Tenure features lift AUC", "Adding tenure buckets raises AUC.", "Churn depends on tenure.",
-                 "val_auc ≥ 0.85 (higher is better), over at least 2 run(s)", experiment.key,
+                 "val_auc ≥ 0.85 (higher is better), decided on the first 2 run(s)", experiment.key,
                  "GBM with tenure buckets", "gbm-seed-1", "gbm-seed-2", "abc1234d"):
         assert text in body, text
     # History: who did what.
