@@ -446,7 +446,7 @@ def proposed(hypothesis, team, member):
     from experiments.services.verdicts import verdict_propose
 
     for i, auc in enumerate((0.90, 0.91, 0.92)):
-        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc), actor=member)
+        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc, seed=i), actor=member)
     proposal = verdict_propose(card=hypothesis)
     assert proposal is not None
     return proposal
@@ -529,8 +529,12 @@ def test_baseline_toggle_and_unlink_re_judge_the_hypothesis(
 
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("card_run_unlink", args=[hypothesis.pk, run_ids[1]]))
-    newest = VerdictProposal.objects.filter(card=hypothesis).order_by("-id").first()
-    assert newest.pk != latest.pk and newest.stats["n"] == 1
+    # One usable run is left of the two planned: the open proposal no longer stands and none is made;
+    # the card shows the progress instead.
+    latest.refresh_from_db()
+    assert latest.status == VerdictStatus.SUPERSEDED
+    assert not VerdictProposal.objects.filter(card=hypothesis, status=VerdictStatus.PROPOSED).exists()
+    assert "1 of 2 runs" in client.get(reverse("card_detail", args=[hypothesis.pk])).content.decode()
 
 
 def test_unknown_metric_column_is_reported_by_its_label(client_for, member, team):
