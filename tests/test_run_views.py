@@ -26,9 +26,9 @@ from experiments.services.runs import (
 METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # session + user + membership/team, then the page's own reads (see the selectors' docstrings).
 RUNS_LIST_QUERIES = 10
-# 13 for the card itself, +5 for teamwork: comments and their mentions, watching, evidence snapshot, similar
-# hypotheses (with their tags).
-CARD_PAGE_QUERIES = 18
+# 13 for the card, +5 teamwork (comments, mentions, watching, snapshot, similar hypotheses),
+# +5 verdict plan (progress (3), amendments, sample-size spread).
+CARD_PAGE_QUERIES = 23
 CARD_CHART_QUERIES = 8
 
 
@@ -297,7 +297,7 @@ def test_card_page_hypothesis_fields_tree_history_and_runs(client_for, member, m
 
     assert response.status_code == 200
     for text in ("Tenure features lift AUC", "Adding tenure buckets raises AUC.", "Churn depends on tenure.",
-                 "val_auc ≥ 0.85 (higher is better), over at least 2 run(s)", experiment.key,
+                 "val_auc ≥ 0.85 (higher is better), decided on the first 2 run(s)", experiment.key,
                  "GBM with tenure buckets", "gbm-seed-1", "gbm-seed-2", "abc1234d"):
         assert text in body, text
     # History: who did what.
@@ -448,7 +448,7 @@ def proposed(hypothesis, team, member):
     from experiments.services.verdicts import verdict_propose
 
     for i, auc in enumerate((0.90, 0.91, 0.92)):
-        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc), actor=member)
+        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc, seed=i), actor=member)
     proposal = verdict_propose(card=hypothesis)
     assert proposal is not None
     return proposal
@@ -531,8 +531,12 @@ def test_baseline_toggle_and_unlink_re_judge_the_hypothesis(
 
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("card_run_unlink", args=[hypothesis.pk, run_ids[1]]))
-    newest = VerdictProposal.objects.filter(card=hypothesis).order_by("-id").first()
-    assert newest.pk != latest.pk and newest.stats["n"] == 1
+    # One usable run is left of the two planned: the open proposal no longer stands and none is made;
+    # the card shows the progress instead.
+    latest.refresh_from_db()
+    assert latest.status == VerdictStatus.SUPERSEDED
+    assert not VerdictProposal.objects.filter(card=hypothesis, status=VerdictStatus.PROPOSED).exists()
+    assert "1 of 2 runs" in client.get(reverse("card_detail", args=[hypothesis.pk])).content.decode()
 
 
 def test_unknown_metric_column_is_reported_by_its_label(client_for, member, team):

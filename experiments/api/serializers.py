@@ -13,6 +13,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import (
+    AnalysisScale,
+    AnalysisTest,
     ApiToken,
     Board,
     Card,
@@ -170,7 +172,8 @@ class CardSerializer(serializers.ModelSerializer):
             "flagged", "flag_reason", "created_at", "updated_at", "started_at", "completed_at",
             # hypothesis
             "statement", "rationale", "metric_key", "direction", "threshold", "min_delta", "min_runs",
-            "criteria_set_at",
+            "criteria_set_at", "analysis_test", "analysis_scale", "paired", "equivalence_margin", "smallest_effect",
+            "failures_count", "max_failure_share", "criteria_frozen_at",
             # experiment
             "plan", "baseline_run", "baseline_value",
             # result (and a hypothesis's decided verdict)
@@ -199,7 +202,21 @@ class _CardFieldsSerializer(StrictSerializer):
     )
     threshold = serializers.FloatField(required=False, allow_null=True)
     min_delta = serializers.FloatField(required=False, allow_null=True)
-    min_runs = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+    min_runs = serializers.IntegerField(
+        required=False, min_value=1, max_value=1000, help_text="Planned runs (distinct seeds) per arm."
+    )
+    analysis_test = serializers.ChoiceField(
+        choices=AnalysisTest.choices, required=False, error_messages=_choice_error("analysis_test", AnalysisTest.values)
+    )
+    analysis_scale = serializers.ChoiceField(
+        choices=AnalysisScale.choices, required=False,
+        error_messages=_choice_error("analysis_scale", AnalysisScale.values),
+    )
+    paired = serializers.BooleanField(required=False)
+    equivalence_margin = serializers.FloatField(required=False, allow_null=True)
+    smallest_effect = serializers.FloatField(required=False, allow_null=True)
+    failures_count = serializers.BooleanField(required=False)
+    max_failure_share = serializers.FloatField(required=False, min_value=0, max_value=1)
     plan = serializers.CharField(required=False, allow_blank=True)
     baseline_value = serializers.FloatField(required=False, allow_null=True)
     verdict = serializers.ChoiceField(
@@ -260,6 +277,10 @@ class CardCreateSerializer(_CardFieldsSerializer):
 class CardUpdateSerializer(_CardFieldsSerializer):
     version = serializers.IntegerField(
         min_value=1, help_text="The card version you last read; a stale version is rejected with 409."
+    )
+    amendment_reason = serializers.CharField(
+        required=False, allow_blank=True,
+        help_text="Required when changing a hypothesis's criterion or plan after its first run started.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -214,7 +214,10 @@ class CardViewSet(mixins.RetrieveModelMixin, ScopedViewSet):
         data = self.validated(CardUpdateSerializer, card=card)
         version = data.pop("version")
         tags = data.pop("tags", None)
-        card = card_update(card=card, actor=request.user, expected_version=version, tags=tags, **data)
+        reason = data.pop("amendment_reason", "")
+        card = card_update(
+            card=card, actor=request.user, expected_version=version, tags=tags, amendment_reason=reason, **data
+        )
         return self._out(card)
 
     @extend_schema(

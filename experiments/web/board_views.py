@@ -34,6 +34,7 @@ from ..selectors.board import (
     column_card_ids,
     column_totals,
 )
+from ..selectors.verdicts import sample_size_hint
 from ..services.boards import board_create, column_create, column_delete, column_update, columns_reorder
 from ..services.cards import card_create, card_flag, card_move, card_restore, card_update
 from .forms import CARD_FORMS, BoardForm, ColumnForm, apply_domain_error
@@ -333,6 +334,7 @@ def card_edit_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
                     actor=request.user,
                     expected_version=form.cleaned_data["version"],
                     tags=form.cleaned_data["tags"],
+                    amendment_reason=form.cleaned_data.get("amendment_reason") or "",
                     **fields,
                 )
             except ConflictError as exc:
@@ -355,6 +357,7 @@ def card_edit_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
         "kind_label": card.get_kind_display(),
         "conflict": conflict,
         "next": _safe_next(request, ""),
+        "sample_size": sample_size_hint(card=card) if card.kind == CardKind.HYPOTHESIS else None,
     }
     return render(request, "board/card_form.html", context, status=status)
 

@@ -38,6 +38,7 @@ from ..models import (
 from ..selectors import metrics as metric_selectors
 from ..selectors import registry as registry_selectors
 from ..selectors import runs as run_selectors
+from ..selectors import verdicts as verdict_selectors
 from ..services import runs as run_services
 
 PAGE_SIZE = 50
@@ -447,7 +448,7 @@ def _criterion_text(card: Card) -> str:
         parts.append(f"improves on the baseline by at least {card.min_delta:g}")
     if not parts:
         parts.append(card.metric_key)
-    return f"{' and '.join(parts)} ({better} is better), over at least {card.min_runs} run(s)"
+    return f"{' and '.join(parts)} ({better} is better), decided on the first {card.min_runs} run(s)"
 
 
 STAT_LABELS = (
@@ -487,6 +488,18 @@ def _card_context(request: HttpRequest, card: Card, membership: Membership, **ex
     chart_list = [{"key": key, "src": f"{chart_base}?{urlencode({'key': key})}"} for key in page.metric_keys]
     proposal_stats = _proposal_stats(page.proposal)
     criteria = (page.proposal.stats or {}).get("criteria", {}) if page.proposal else {}
+    plan: dict[str, Any] = {}
+    if card.kind == CardKind.HYPOTHESIS:
+        shown = page.proposal or page.last_decision
+        plan = {
+            "progress": None if page.proposal else verdict_selectors.verdict_plan_progress(card=card),
+            "amendments": verdict_selectors.amendments_for_card(card=card),
+            "sample_size": verdict_selectors.sample_size_hint(card=card),
+            "details": verdict_selectors.verdict_detail_items(shown.stats if shown else None),
+            "excluded": (shown.stats or {}).get("excluded", []) if shown else [],
+            "later_runs": len((shown.stats or {}).get("later_run_ids", [])) if shown else 0,
+            "exploratory": bool((shown.stats or {}).get("exploratory")) if shown else False,
+        }
     return {
         "team": card.board.team,
         "membership": membership,
@@ -498,6 +511,7 @@ def _card_context(request: HttpRequest, card: Card, membership: Membership, **ex
         "criterion": _criterion_text(card) if card.kind == CardKind.HYPOTHESIS else "",
         "proposal_stats": proposal_stats,
         "proposal_criteria": sorted(criteria.items()),
+        "plan": plan,
         "verdict_choices": VerdictChoice.choices,
         "compare_url": reverse("run_compare", args=[card.board.team.slug]),
         **_teamwork_context(request, card),
