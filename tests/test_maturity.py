@@ -378,6 +378,53 @@ def test_google_level_one_from_runs_over_three_weeks(team, board, member):
     assert report.google.next_steps[0].weeks_met == 2
 
 
+TRACKED = {"code_version": "abc123", "data_version": "v1", "environment": {"mlboard.env.image": "sha256:1"}}
+
+
+def good_week(team, board, member, back: int) -> None:
+    """A week of good practice: a hypothesis with criteria first, an experiment with a baseline,
+    four fully tracked automated runs of one configuration whose seeds agree, decided in hours."""
+    now = timezone.localtime(timezone.now(), team.zone)
+    monday = now.date() - dt.timedelta(days=now.weekday() + 7 * back)
+    at = timezone.make_aware(dt.datetime.combine(monday + dt.timedelta(days=2), dt.time(9)), team.zone)
+    if back == 0:  # this week: a sitting that just ended
+        at = timezone.now() - dt.timedelta(hours=6)
+    hyp = hypothesis(board, member, f"week {back}")
+    exp = card_create(board=board, kind="experiment", title=f"E{back}", actor=member, parent=hyp, baseline_value=0.7)
+    Card.objects.filter(pk__in=[hyp.pk, exp.pk]).update(created_at=at, criteria_set_at=at)
+    for seed in range(4):
+        run = make_run(team, seed=seed, trigger="scheduled" if seed % 2 else "ci", params={"lr": back},
+                       metrics={"acc": 0.9 + seed * 0.001}, **TRACKED)
+        Run.objects.filter(pk=run.pk).update(start_time=at + dt.timedelta(hours=1),
+                                             end_time=at + dt.timedelta(hours=2))
+        CardRun.objects.create(card=exp, run=run)
+    Card.objects.filter(pk=hyp.pk).update(verdict="supported", decided_at=at + dt.timedelta(hours=5))
+
+
+def test_one_sitting_of_good_runs_reaches_no_level(team, board, member):
+    """The audit's case: 13 runs set up in one sitting reached Google level 2 and Azure level 4."""
+    good_week(team, board, member, 0)
+    for seed in range(4, 13):
+        make_run(team, seed=seed, trigger="ci", params={"lr": 0}, metrics={"acc": 0.9}, **TRACKED)
+    report = maturity_report(team=team)
+    assert report.evidence.metrics["code_version"].value == 1.0  # the practice is good...
+    assert report.evidence.metrics["reproduced"].count >= 4
+    assert (report.google.level, report.azure.level) == (0, 0)  # ...but shown in one week only
+    assert all(g.state == "insufficient" for g in report.google.next_steps)
+
+
+def test_sustained_good_weeks_reach_the_levels_and_more_ci_runs_never_drop_them(team, board, member):
+    for back in range(1, 7):
+        good_week(team, board, member, back)
+    report = maturity_report(team=team)
+    assert (report.google.level, report.azure.level) == (2, 4)
+    # The audit's case: 3 fully tracked CI runs (a new configuration, not yet repeated) dropped Google to 0.
+    for seed in range(3):
+        make_run(team, seed=seed, trigger="ci", params={"lr": "new"}, metrics={"acc": 0.5 + seed / 10}, **TRACKED)
+    after = maturity_report(team=team)
+    assert (after.google.level, after.azure.level) == (2, 4)
+
+
 # --- Questionnaire and AMI ------------------------------------------------------------------------
 
 def test_answers_validation_names_every_missing_or_out_of_range_cell():
