@@ -494,7 +494,7 @@ def test_gaps_flag_large_differences_and_high_self_low_evidence():
 
 # --- Snapshots ------------------------------------------------------------------------------------
 
-def test_snapshot_task_is_idempotent_per_team_and_day(team, other_team):
+def test_snapshot_task_is_idempotent_per_team_and_day(team, other_team, django_capture_on_commit_callbacks):
     for _ in range(10):
         make_run(team, code_version="c")
     first = snapshot_team_maturity(team.pk)
@@ -507,8 +507,9 @@ def test_snapshot_task_is_idempotent_per_team_and_day(team, other_team):
     assert snapshot.data["metrics"]["code_version"]["count"] == 10
     assert snapshot.data["metrics"]["code_version"]["sample"] == 11  # refreshed, not duplicated
 
-    assert snapshot_all_maturity() == 2
-    assert snapshot_all_maturity() == 2
+    with django_capture_on_commit_callbacks(execute=True):  # the tick enqueues after commit
+        assert snapshot_all_maturity() == 2
+        assert snapshot_all_maturity() == 2
     assert MaturitySnapshot.objects.count() == 2
     yesterday = timezone.localdate() - dt.timedelta(days=1)
     snapshot_team_maturity(team.pk, yesterday.isoformat())

@@ -26,8 +26,10 @@ from experiments.services.runs import (
 METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # session + user + membership/team, then the page's own reads (see the selectors' docstrings).
 RUNS_LIST_QUERIES = 10
-CARD_PAGE_QUERIES = 13
-CARD_CHART_QUERIES = 6
+# 13 for the card itself, +5 for teamwork: comments and their mentions, watching, evidence snapshot, similar
+# hypotheses (with their tags).
+CARD_PAGE_QUERIES = 18
+CARD_CHART_QUERIES = 8
 
 
 def make_run(team, user, name, *, status=RunStatus.FINISHED, params=None, auc=0.8, steps=5, start=None, **kw):

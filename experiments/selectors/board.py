@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from django.db.models import Count, IntegerField, Max, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from ..models import Board, Card, CardEvent, CardKind, CardRun, Column, Membership, Run, Tag, User
+from ..models import Board, Card, CardEvent, CardKind, CardRun, Column, Membership, Role, Run, Stage, Tag, User
 
 SWIMLANES: tuple[tuple[str, str], ...] = (
     ("none", "No swimlanes"),
@@ -116,7 +116,7 @@ def card_queryset(board: Board) -> QuerySet[Card]:
         CardRun.objects.filter(card_id=OuterRef("pk")).order_by().values("card_id").annotate(n=Count("id")).values("n")
     )
     return (
-        Card.objects.filter(board=board)
+        Card.objects.filter(board=board, archive__isnull=True)
         .select_related("owner", "parent__parent")
         .annotate(run_count=Coalesce(Subquery(run_counts, output_field=IntegerField()), Value(0)))
         .prefetch_related(Prefetch("tags", queryset=Tag.objects.order_by("name")))
@@ -183,13 +183,40 @@ def _lanes(view_columns: list[Column], cards: list[Card], mode: str) -> list[Lan
     return [lanes[o[-1]] for o in sorted(order, key=lambda o: o[:-1])]  # type: ignore[index]
 
 
+def done_newest_first(cards: list[Card], columns: list[Column]) -> list[Card]:
+    """Done columns list the most recently completed card first; other columns keep their order."""
+    done = {c.pk for c in columns if c.stage == Stage.DONE}
+    if not done:
+        return cards
+    rest = [c for c in cards if c.column_id not in done]
+    finished = [c for c in cards if c.column_id in done]
+    finished.sort(key=lambda c: (c.completed_at or c.updated_at).timestamp(), reverse=True)
+    return rest + finished
+
+
+def archived_cards(*, board: Board) -> list[Card]:
+    """Cards taken off the board by Done archiving, newest archive first (one query)."""
+    return list(
+        Card.objects.filter(board=board, archive__isnull=False)
+        .select_related("archive", "owner", "column")
+        .order_by("-archive__archived_at", "-id")
+    )
+
+
+def archived_count(*, board: Board) -> int:
+    return Card.objects.filter(board=board, archive__isnull=False).count()
+
+
 def board_view(*, board: Board, filters: BoardFilters) -> BoardView:
     columns = list(board.columns.order_by("position", "id"))
     column_ids = {c.pk for c in columns}
-    cards = [c for c in _filtered(card_queryset(board), filters) if c.column_id in column_ids]
+    cards = done_newest_first(
+        [c for c in _filtered(card_queryset(board), filters) if c.column_id in column_ids], columns
+    )
     if filters.active:
         totals = dict(
-            Card.objects.filter(board=board).order_by().values_list("column_id").annotate(n=Count("id"))
+            Card.objects.filter(board=board, archive__isnull=True)
+            .order_by().values_list("column_id").annotate(n=Count("id"))
         )
     else:
         totals = {}
@@ -212,7 +239,11 @@ def board_view(*, board: Board, filters: BoardFilters) -> BoardView:
 
 def column_totals(board: Board) -> list[dict[str, object]]:
     """Per-column card counts and WIP state, sent back to the board after a move."""
-    counts = dict(Card.objects.filter(board=board).order_by().values_list("column_id").annotate(n=Count("id")))
+    counts = dict(
+        Card.objects.filter(board=board, archive__isnull=True).order_by().values_list("column_id").annotate(
+            n=Count("id")
+        )
+    )
     result = []
     for column in board.columns.order_by("position", "id"):
         view = ColumnView(column=column, total=counts.get(column.pk, 0))
@@ -301,6 +332,13 @@ def parent_choices(*, board: Board, kind: str, exclude_id: int | None = None) ->
     else:
         return Card.objects.none()
     return qs.exclude(pk=exclude_id).order_by("number")
+
+
+def owner_choices(team_id: int) -> QuerySet[User]:
+    """Who may own a card: the team's members and managers (never viewers)."""
+    return User.objects.filter(
+        memberships__team_id=team_id, memberships__role__in=[Role.MANAGER, Role.MEMBER]
+    ).order_by("username")
 
 
 def team_users(team_id: int) -> QuerySet[User]:

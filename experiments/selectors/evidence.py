@@ -22,6 +22,7 @@ from ..models import (
     TERMINAL_STATUSES,
     Card,
     CardKind,
+    CardRun,
     VerdictChoice,
     VerdictProposal,
     VerdictStatus,
@@ -61,24 +62,47 @@ def first_evidence_start() -> Subquery:
     return evidence_run_value("MIN", "start_time", "created_at")
 
 
-def decided_hypotheses(cards: QuerySet[Card], start: dt.datetime, end: dt.datetime) -> QuerySet:
-    """(pk, verdict, decided_at, evidence_at) per hypothesis in `cards` decided in [start, end) — one query.
+def _evidence_ends(hypothesis_ids: list[int], end: dt.datetime) -> QuerySet:
+    """(hypothesis id, run end) for every terminal evidence run of the hypotheses ending before `end`.
+
+    A UNION of two index-driven lookups (links of the hypotheses themselves; links of their
+    children through Card.parent), so the cost follows the decided hypotheses' own links; a
+    correlated "last run before the decision" subquery walks the run end-time index once per
+    hypothesis, i.e. all of history per decision."""
+    runs = Q(is_baseline=False, run__status__in=TERMINAL_STATUSES, run__end_time__lt=end)
+    own = CardRun.objects.filter(runs, card_id__in=hypothesis_ids).values_list("card_id", "run__end_time")
+    child = CardRun.objects.filter(runs, card__parent_id__in=hypothesis_ids).values_list(
+        "card__parent_id", "run__end_time"
+    )
+    return own.order_by().union(child.order_by(), all=True)
+
+
+def decided_hypotheses(cards: QuerySet[Card], start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """(pk, verdict, decided_at, evidence_at) per hypothesis in `cards` decided in [start, end) — two queries.
 
     Decided: card.decided_at, or the latest confirmed/overridden proposal when the card has no
-    decision time; evidence_at: the last evidence run ending before that decision (None without one)."""
+    decision time; evidence_at: the last evidence run ending at or before that decision (None
+    without one). Runs are read only for the hypotheses decided in the window."""
     decided = VerdictProposal.objects.filter(
         card=OuterRef("pk"),
         status__in=[VerdictStatus.CONFIRMED, VerdictStatus.OVERRIDDEN],
         decided_at__isnull=False,
     ).order_by("-decided_at", "-id")
-    return (
+    rows = list(
         cards.filter(kind=CardKind.HYPOTHESIS)
         .annotate(
             resolved_at=Coalesce("decided_at", Subquery(decided.values("decided_at")[:1])),
             resolved_as=Coalesce(NullIf("verdict", Value("")), Subquery(decided.values("decided")[:1])),
         )
         .filter(resolved_at__gte=start, resolved_at__lt=end, resolved_as__in=VerdictChoice.values)
-        .annotate(evidence_at=last_evidence_end())
         .order_by()
-        .values_list("pk", "resolved_as", "resolved_at", "evidence_at")
+        .values_list("pk", "resolved_as", "resolved_at")
     )
+    if not rows:
+        return []
+    resolved = {pk: resolved_at for pk, _, resolved_at in rows}
+    evidence: dict[int, dt.datetime] = {}
+    for pk, ended in _evidence_ends(list(resolved), max(resolved.values()) + dt.timedelta(microseconds=1)):
+        if ended <= resolved[pk] and (pk not in evidence or ended > evidence[pk]):
+            evidence[pk] = ended
+    return [(pk, verdict, decided_at, evidence.get(pk)) for pk, verdict, decided_at in rows]

@@ -29,7 +29,7 @@ from ..models import (
     VerdictProposal,
     VerdictStatus,
 )
-from ..services.runs import SEED_KEYS
+from ..services.runs import DEFAULT_EXPERIMENT_NAME, SEED_KEYS
 from .metrics import format_value
 
 DEFAULT_SORT = "-start"
@@ -60,6 +60,25 @@ def get_run_or_404(*, user: User, run_id: int) -> tuple[Run, Membership]:
     if membership is None:
         raise Http404("No such run.")
     return run, membership
+
+
+def run_by_external_id(*, user: User, external_id: str) -> Run | None:
+    """The user's run with this MLflow run id (the id is a uuid, so at most one team has it)."""
+    return (
+        Run.objects.filter(external_id=external_id, team__memberships__user=user)
+        .order_by(F("source").desc(), "pk")  # mlboard's own run before an imported copy
+        .first()
+    )
+
+
+def tracking_experiment_for_link(*, user: User, experiment_id: str) -> TrackingExperiment | None:
+    """An experiment of one of the user's teams by MLflow id; '0' is the Default of the user's first team."""
+    queryset = TrackingExperiment.objects.select_related("team").filter(team__memberships__user=user)
+    if experiment_id == "0":
+        return queryset.filter(name=DEFAULT_EXPERIMENT_NAME, source="mlboard").order_by("team__slug").first()
+    if not experiment_id.isdigit():
+        return None
+    return queryset.filter(pk=int(experiment_id)).first()
 
 
 # --- Runs list ----------------------------------------------------------------------------------
@@ -257,14 +276,20 @@ def _as_float(text: str | None) -> float | None:
 
 
 def runs_compare(*, team: Team, run_ids: Sequence[int]) -> Comparison:
-    """Side-by-side params and final (latest) metrics of up to MAX_COMPARE runs (3 queries)."""
+    """Side-by-side params and final (latest) metrics of up to MAX_COMPARE runs, from any cards of
+    the team; each run carries `linked_cards` (4 queries)."""
     wanted = list(dict.fromkeys(run_ids))[:MAX_COMPARE]
     found = {
         run.pk: run
         for run in Run.objects.filter(team=team, pk__in=wanted)
         .select_related("user")
-        .prefetch_related("params", "latest_metrics")
+        .prefetch_related(
+            "params", "latest_metrics",
+            Prefetch("card_links", queryset=CardRun.objects.select_related("card").order_by("card__key")),
+        )
     }
+    for run in found.values():
+        run.linked_cards = [link.card for link in run.card_links.all()]  # type: ignore[attr-defined]
     runs = [found[i] for i in wanted if i in found]
     missing = [i for i in wanted if i not in found]
     param_maps = [{p.key: p.value for p in run.params.all()} for run in runs]

@@ -9,7 +9,7 @@ from django import forms
 
 from ..errors import DomainError
 from ..models import Board, Card, CardKind, Column, Direction, Stage, User, VerdictChoice
-from ..selectors.board import parent_choices, team_users
+from ..selectors.board import owner_choices, parent_choices
 
 
 def apply_domain_error(form: forms.Form, error: DomainError) -> None:
@@ -60,7 +60,7 @@ class CardForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.board = board
         self.card = card
-        self.fields["owner"].queryset = team_users(board.team_id)
+        self.fields["owner"].queryset = owner_choices(board.team_id)
         if card is None:
             self.fields["column"].queryset = board.columns.order_by("position", "id")
             del self.fields["version"]

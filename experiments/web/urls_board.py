@@ -11,6 +11,8 @@ urlpatterns = [
     path("boards/<int:board_id>/cards/<int:card_id>/edit/", v.card_edit_view, name="board_card_edit"),
     path("boards/<int:board_id>/cards/<int:card_id>/flag/", v.card_flag_view, name="board_card_flag"),
     path("boards/<int:board_id>/settings/", v.board_settings, name="board_settings"),
+    path("boards/<int:board_id>/archive/", v.board_archive_page, name="board_archive"),
+    path("boards/<int:board_id>/cards/<int:card_id>/restore/", v.card_restore_view, name="board_card_restore"),
     path("boards/<int:board_id>/settings/columns/add/", v.column_add_view, name="board_column_add"),
     path("boards/<int:board_id>/settings/columns/<int:column_id>/", v.column_update_view, name="board_column_update"),
     path(
