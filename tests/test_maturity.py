@@ -671,3 +671,25 @@ def test_evidence_query_count_is_fixed(team, board, member, django_assert_num_qu
         evidence = maturity_evidence(team=team)
     assert evidence.metrics["baseline"].sample == 20 and evidence.metrics["baseline"].count == 10
     assert evidence.metrics["reproduced"].count == 60  # every config ran with three seeds
+
+
+def test_managers_set_the_reproduction_tolerance(client_for, manager, member, team):
+    url = reverse("maturity", args=[team.slug])
+    body = client_for(member).get(url).content.decode()
+    assert "within\n    <strong>2%</strong> (the site default)" in body and 'name="repro_tolerance_percent"' not in body
+    assert client_for(member).post(url, {"repro_tolerance_percent": "5"}).status_code == 302
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance is None  # members cannot change it
+    client = client_for(manager)
+    client.post(url, {"repro_tolerance_percent": "0.5"})
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance == pytest.approx(0.005)
+    assert "<strong>0.5%</strong>" in client.get(url).content.decode()
+    for bad in ("abc", "150", "nan"):
+        response = client.post(url, {"repro_tolerance_percent": bad}, follow=True)
+        assert "percentage" in response.content.decode() or "between 0 and 1" in response.content.decode()
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance == pytest.approx(0.005)
+    client.post(url, {"repro_tolerance_percent": ""})
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance is None
