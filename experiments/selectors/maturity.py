@@ -173,13 +173,6 @@ def _reproduced(runs: QuerySet[Run], weeks: _Weeks, tolerance: float) -> None:
             weeks.at(at).reproduced += 1
 
 
-def reproduced_share(runs: QuerySet[Run], tolerance: float = mm.REPRO_REL_TOL) -> mm.MetricValue:
-    """Share of finished runs in `runs` whose configuration ran with two seeds that agree."""
-    records = reproduced_records(runs)
-    agreeing = mm.reproduced_runs((r for r, _ in records), tolerance)
-    return mm.share("reproduced", len(agreeing), runs.filter(status=RunStatus.FINISHED).count())
-
-
 def _hypothesis_team(team_id: int) -> QuerySet[Card]:
     return Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS)
 
