@@ -247,6 +247,8 @@ def test_maturity_matches_the_selector(api_for, member, team, board):
     assert google["next"]["number"] == report.google.level + 1
     assert [s["key"] for s in google["next_steps"]] == [g.gate.key for g in report.google.next_steps]
     assert all(s["next_step"] and s["state"] in ("unmet", "insufficient") for s in google["next_steps"])
+    assert [(s["weeks_met"], s["weeks_needed"]) for s in google["next_steps"]] == [
+        (g.weeks_met, g.weeks_needed) for g in report.google.next_steps]
     assert [lv["level"] for lv in google["gates"]] == [1, 2]
 
 

@@ -72,3 +72,15 @@ def test_demo_command_sets_up_without_serving(transactional_db, capsys):
     call_command("demo", "--no-serve")
     assert Team.objects.filter(slug="demo").exists()
     assert "password 'demo'" in capsys.readouterr().out
+
+
+def test_demo_maturity_times_the_same_decisions_as_velocity(demo):
+    """The demo's runs link to experiment cards; maturity must count them through their hypotheses."""
+    from experiments.selectors.maturity import maturity_report
+    from experiments.selectors.velocity import parse_report_params, velocity_report
+
+    latency = maturity_report(team=demo, as_of=NOW).evidence.metrics["decision_latency"]
+    velocity = velocity_report(team=demo, params=parse_report_params(team=demo, data={}, now=NOW)).totals
+    assert latency.sample == len(velocity.decision_hours) >= 5
+    assert latency.sufficient and latency.value == pytest.approx(velocity.decision_median, abs=0.01)
+    assert latency.value < 24  # decided at the next morning's standup

@@ -15,7 +15,6 @@ from experiments import maturity as mm
 from experiments.errors import PermissionDeniedError
 from experiments.models import (
     Card,
-    CardEvent,
     CardRun,
     LatestMetric,
     MaturityAssessment,
@@ -120,17 +119,19 @@ def test_criteria_first_compares_criteria_time_with_first_linked_run(team, board
 
 
 def test_amended_criteria_do_not_count_as_set_before_the_runs(team, board, member):
+    from experiments.services.verdicts import hypothesis_freeze
+
     now = timezone.now()
     run = make_run(team, hours_ago=10)
     kept, amended, before_runs = (hypothesis(board, member, t) for t in ("kept", "amended", "edited early"))
+    card_update(card=before_runs, actor=member, expected_version=None, threshold=0.8)  # before any run: fine
     for card in (kept, amended, before_runs):
         Card.objects.filter(pk=card.pk).update(criteria_set_at=now - dt.timedelta(hours=20))
         CardRun.objects.create(card=card, run=run)
-    card_update(card=amended, actor=member, expected_version=None, threshold=0.8)  # after its run: post hoc
-    CardEvent.objects.create(card=before_runs, board=board, actor=member, kind="edited",
-                             data={"changed": {"threshold": [0.9, 0.8]}}, created_at=now - dt.timedelta(hours=15))
-    CardEvent.objects.create(card=kept, board=board, actor=member, kind="edited",  # not a criterion
-                             data={"changed": {"title": ["a", "b"]}}, created_at=now - dt.timedelta(hours=1))
+        hypothesis_freeze(card=card)
+    card_update(card=amended, actor=member, expected_version=None, threshold=0.8,  # after its run: post hoc
+                amendment_reason="0.9 was out of reach")
+    card_update(card=kept, actor=member, expected_version=None, title="renamed")  # not a criterion
     metric = maturity_evidence(team=team).metrics["criteria_first"]
     assert (metric.count, metric.sample) == (2, 3)
 
@@ -378,6 +379,53 @@ def test_google_level_one_from_runs_over_three_weeks(team, board, member):
     assert report.google.next_steps[0].weeks_met == 2
 
 
+TRACKED = {"code_version": "abc123", "data_version": "v1", "environment": {"mlboard.env.image": "sha256:1"}}
+
+
+def good_week(team, board, member, back: int) -> None:
+    """A week of good practice: a hypothesis with criteria first, an experiment with a baseline,
+    four fully tracked automated runs of one configuration whose seeds agree, decided in hours."""
+    now = timezone.localtime(timezone.now(), team.zone)
+    monday = now.date() - dt.timedelta(days=now.weekday() + 7 * back)
+    at = timezone.make_aware(dt.datetime.combine(monday + dt.timedelta(days=2), dt.time(9)), team.zone)
+    if back == 0:  # this week: a sitting that just ended
+        at = timezone.now() - dt.timedelta(hours=6)
+    hyp = hypothesis(board, member, f"week {back}")
+    exp = card_create(board=board, kind="experiment", title=f"E{back}", actor=member, parent=hyp, baseline_value=0.7)
+    Card.objects.filter(pk__in=[hyp.pk, exp.pk]).update(created_at=at, criteria_set_at=at)
+    for seed in range(4):
+        run = make_run(team, seed=seed, trigger="scheduled" if seed % 2 else "ci", params={"lr": back},
+                       metrics={"acc": 0.9 + seed * 0.001}, **TRACKED)
+        Run.objects.filter(pk=run.pk).update(start_time=at + dt.timedelta(hours=1),
+                                             end_time=at + dt.timedelta(hours=2))
+        CardRun.objects.create(card=exp, run=run)
+    Card.objects.filter(pk=hyp.pk).update(verdict="supported", decided_at=at + dt.timedelta(hours=5))
+
+
+def test_one_sitting_of_good_runs_reaches_no_level(team, board, member):
+    """The audit's case: 13 runs set up in one sitting reached Google level 2 and Azure level 4."""
+    good_week(team, board, member, 0)
+    for seed in range(4, 13):
+        make_run(team, seed=seed, trigger="ci", params={"lr": 0}, metrics={"acc": 0.9}, **TRACKED)
+    report = maturity_report(team=team)
+    assert report.evidence.metrics["code_version"].value == 1.0  # the practice is good...
+    assert report.evidence.metrics["reproduced"].count >= 4
+    assert (report.google.level, report.azure.level) == (0, 0)  # ...but shown in one week only
+    assert all(g.state == "insufficient" for g in report.google.next_steps)
+
+
+def test_sustained_good_weeks_reach_the_levels_and_more_ci_runs_never_drop_them(team, board, member):
+    for back in range(1, 7):
+        good_week(team, board, member, back)
+    report = maturity_report(team=team)
+    assert (report.google.level, report.azure.level) == (2, 4)
+    # The audit's case: 3 fully tracked CI runs (a new configuration, not yet repeated) dropped Google to 0.
+    for seed in range(3):
+        make_run(team, seed=seed, trigger="ci", params={"lr": "new"}, metrics={"acc": 0.5 + seed / 10}, **TRACKED)
+    after = maturity_report(team=team)
+    assert (after.google.level, after.azure.level) == (2, 4)
+
+
 # --- Questionnaire and AMI ------------------------------------------------------------------------
 
 def test_answers_validation_names_every_missing_or_out_of_range_cell():
@@ -560,7 +608,7 @@ def test_print_page_renders_report_for_managers(client_for, manager, member, tea
     assert response.status_code == 200
     assert "ML process maturity report — Vision" in body
     assert body.count('class="print-section page-break"') == 3
-    assert "maturity.css" in body and "window.print()" in body
+    assert "maturity.css" in body and "data-print" in body  # static/js/app.js prints (no inline script)
     assert "Next steps to level 1" in body
     assert 'id="trend-figure"' in body
     assert "Self-assessed high, but the evidence is low." in body  # automated 5 vs CI share
@@ -616,10 +664,32 @@ def test_page_queries_do_not_grow_with_data(client_for, member, team, board, dja
 
 def test_evidence_query_count_is_fixed(team, board, member, django_assert_num_queries):
     seed_data(team, board, member, 10)
-    with django_assert_num_queries(9):
+    with django_assert_num_queries(10):
         maturity_evidence(team=team)
     seed_data(team, board, member, 10, first_day=11)
-    with django_assert_num_queries(9):
+    with django_assert_num_queries(10):
         evidence = maturity_evidence(team=team)
     assert evidence.metrics["baseline"].sample == 20 and evidence.metrics["baseline"].count == 10
     assert evidence.metrics["reproduced"].count == 60  # every config ran with three seeds
+
+
+def test_managers_set_the_reproduction_tolerance(client_for, manager, member, team):
+    url = reverse("maturity", args=[team.slug])
+    body = client_for(member).get(url).content.decode()
+    assert "within\n    <strong>2%</strong> (the site default)" in body and 'name="repro_tolerance_percent"' not in body
+    assert client_for(member).post(url, {"repro_tolerance_percent": "5"}).status_code == 302
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance is None  # members cannot change it
+    client = client_for(manager)
+    client.post(url, {"repro_tolerance_percent": "0.5"})
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance == pytest.approx(0.005)
+    assert "<strong>0.5%</strong>" in client.get(url).content.decode()
+    for bad in ("abc", "150", "nan"):
+        response = client.post(url, {"repro_tolerance_percent": bad}, follow=True)
+        assert "percentage" in response.content.decode() or "between 0 and 1" in response.content.decode()
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance == pytest.approx(0.005)
+    client.post(url, {"repro_tolerance_percent": ""})
+    team.refresh_from_db()
+    assert team.maturity_repro_tolerance is None

@@ -38,10 +38,9 @@ from django.utils import timezone
 from .. import maturity as mm
 from ..models import (
     Card,
-    CardEvent,
     CardKind,
     CardRun,
-    EventKind,
+    CriterionAmendment,
     LatestMetric,
     MaturityAssessment,
     MaturitySnapshot,
@@ -70,9 +69,6 @@ class Evidence:
     @property
     def week_metrics(self) -> list[dict[str, mm.MetricValue]]:
         return [tally.metrics() for tally in self.weeks.values()]
-
-
-CRITERIA_FIELDS = ("metric_key", "direction", "threshold", "min_delta", "min_runs")
 
 
 def repro_tolerance(team: Team) -> float:
@@ -177,13 +173,6 @@ def _reproduced(runs: QuerySet[Run], weeks: _Weeks, tolerance: float) -> None:
             weeks.at(at).reproduced += 1
 
 
-def reproduced_share(runs: QuerySet[Run], tolerance: float = mm.REPRO_REL_TOL) -> mm.MetricValue:
-    """Share of finished runs in `runs` whose configuration ran with two seeds that agree."""
-    records = reproduced_records(runs)
-    agreeing = mm.reproduced_runs((r for r, _ in records), tolerance)
-    return mm.share("reproduced", len(agreeing), runs.filter(status=RunStatus.FINISHED).count())
-
-
 def _hypothesis_team(team_id: int) -> QuerySet[Card]:
     return Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS)
 
@@ -211,16 +200,14 @@ def _criteria_first(team_id: int, runs: QuerySet[Run], weeks: _Weeks, start: dt.
 
 
 def _amended_after_first_run(first_runs: dict[int, dt.datetime]) -> set[int]:
-    """Hypotheses whose criteria were edited after their first run started (one query).
-
-    Read from the card's edit log: every change to a criterion field is an EDITED event listing
-    the field."""
+    """Hypotheses whose criterion was amended once runs were in (one query): a CriterionAmendment
+    made with runs started (services/cards.card_update records them), or dated after the first run."""
     if not first_runs:
         return set()
-    edits = CardEvent.objects.filter(
-        card_id__in=list(first_runs), kind=EventKind.EDITED, data__changed__has_any_keys=list(CRITERIA_FIELDS)
-    ).order_by().values_list("card_id", "created_at")
-    return {card_id for card_id, at in edits if at > first_runs[card_id]}
+    amendments = CriterionAmendment.objects.filter(card_id__in=list(first_runs)).order_by().values_list(
+        "card_id", "created_at", "runs_started"
+    )
+    return {card_id for card_id, at, runs in amendments if runs > 0 or at > first_runs[card_id]}
 
 
 def _baseline(team_id: int, weeks: _Weeks, start: dt.datetime, end: dt.datetime) -> None:
@@ -252,7 +239,7 @@ def _decision_latency(team_id: int, weeks: _Weeks, start: dt.datetime, end: dt.d
 
 def maturity_evidence(*, team: Team, as_of: dt.datetime | None = None,
                       window_days: int = mm.WINDOW_DAYS) -> Evidence:
-    """All evidence over the window ending at `as_of` (now by default), week by week. 9 queries."""
+    """All evidence over the window ending at `as_of` (now by default), week by week. 10 queries."""
     end = as_of or timezone.now()
     start = end - dt.timedelta(days=window_days)
     weeks = _Weeks(team.zone, start, end)
