@@ -4,14 +4,15 @@ members, team tags, plus column totals when a filter hides cards)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode
 
 from django.db.models import Count, IntegerField, Max, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 
-from ..models import Board, Card, CardEvent, CardKind, CardRun, Column, Membership, Run, Tag, User
+from ..models import Board, Card, CardEvent, CardKind, CardRun, Column, Membership, Run, Tag, User, VerdictChoice
 
 SWIMLANES: tuple[tuple[str, str], ...] = (
     ("none", "No swimlanes"),
@@ -84,6 +85,11 @@ class ColumnView:
 class Cell:
     column: Column
     cards: list[Card] = field(default_factory=list)
+    hidden: int = 0  # cards of this cell not rendered yet ("show more" loads them)
+
+    @property
+    def shown(self) -> int:
+        return len(self.cards)
 
 
 @dataclass
@@ -96,7 +102,7 @@ class Lane:
 
     @property
     def count(self) -> int:
-        return sum(len(c.cards) for c in self.cells)
+        return sum(len(c.cards) + c.hidden for c in self.cells)
 
 
 @dataclass
@@ -109,6 +115,12 @@ class BoardView:
     tags: list[Tag]
     shown: int
     total: int
+
+
+# Cards rendered per cell (column, or column within a swimlane) on the first load; the rest come
+# through "show more" (board_cell_cards), so the page costs the same at 500 or 5,000 cards.
+CELL_PAGE = 60
+CELL_MORE_PAGE = 200
 
 
 def card_queryset(board: Board) -> QuerySet[Card]:
@@ -183,7 +195,59 @@ def _lanes(view_columns: list[Column], cards: list[Card], mode: str) -> list[Lan
     return [lanes[o[-1]] for o in sorted(order, key=lambda o: o[:-1])]  # type: ignore[index]
 
 
-def board_view(*, board: Board, filters: BoardFilters) -> BoardView:
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def card_display(cards: Iterable[Card], board: Board) -> list[Card]:
+    """Everything board/_card.html shows, as plain strings on each card: the template then does
+    attribute lookups only (no per-card URL reverse, choice lookups, filters or number formatting),
+    which is most of what a board page of thousands of cards used to cost."""
+    quick_prefix, quick_suffix = reverse("board_card_quick", args=[board.pk, 0]).rsplit("/0/", 1)
+    kinds, verdicts = dict(CardKind.choices), dict(VerdictChoice.choices)
+    out = []
+    for card in cards:
+        card.quick_url = f"{quick_prefix}/{card.pk}/{quick_suffix}"
+        card.pk_text, card.version_text = str(card.pk), str(card.version)  # text skips number localisation
+        card.kind_label = kinds.get(card.kind, card.kind)
+        card.verdict_label = verdicts.get(card.verdict, "") if card.verdict else ""
+        card.tag_names = [t.name for t in card.tags.all()]
+        owner = card.owner
+        card.owner_label = str(owner) if owner is not None else ""
+        card.owner_initial = card.owner_label[:1].upper()
+        parent = card.parent if card.parent_id else None
+        card.parent_title = parent.title if parent is not None else ""
+        card.parent_line = f"{parent.key} · {_truncate(parent.title, 38)}" if parent is not None else ""
+        runs = getattr(card, "run_count", 0) or 0
+        card.runs_label = f"{runs} run{'' if runs == 1 else 's'}"
+        card.runs_title = f"{runs} linked run{'' if runs == 1 else 's'}"
+        aria = f"{card.key}, {card.kind_label}: {card.title}"
+        if card.flagged:
+            aria += ". Flagged"
+        if owner is not None:
+            aria += f". Owner {card.owner_label}"
+        card.aria = aria
+        out.append(card)
+    return out
+
+
+def board_card(*, board: Board, card_id: int) -> Card:
+    """One card as the board renders it (for out-of-band swaps after an edit)."""
+    return card_display([card_queryset(board).get(pk=card_id)], board)[0]
+
+
+def _page_cells(lanes: list[Lane], limit: int | None) -> None:
+    if limit is None:
+        return
+    for lane in lanes:
+        for cell in lane.cells:
+            if len(cell.cards) > limit:
+                cell.hidden = len(cell.cards) - limit
+                cell.cards = cell.cards[:limit]
+
+
+def board_view(*, board: Board, filters: BoardFilters, paged: bool = True) -> BoardView:
+    """The board with at most CELL_PAGE cards rendered per cell (all when not `paged`); counts stay exact."""
     columns = list(board.columns.order_by("position", "id"))
     column_ids = {c.pk for c in columns}
     cards = [c for c in _filtered(card_queryset(board), filters) if c.column_id in column_ids]
@@ -198,15 +262,51 @@ def board_view(*, board: Board, filters: BoardFilters) -> BoardView:
     members = list(
         Membership.objects.filter(team_id=board.team_id).select_related("user").order_by("user__username")
     )
+    lanes = _lanes(columns, cards, filters.lanes)
+    _page_cells(lanes, CELL_PAGE if paged else None)
+    for lane in lanes:
+        for cell in lane.cells:
+            card_display(cell.cards, board)
     return BoardView(
         board=board,
         filters=filters,
         columns=[ColumnView(column=c, total=totals.get(c.pk, 0)) for c in columns],
-        lanes=_lanes(columns, cards, filters.lanes),
+        lanes=lanes,
         members=members,
         tags=list(Tag.objects.filter(team_id=board.team_id).order_by("name")),
         shown=len(cards),
         total=sum(totals.values()),
+    )
+
+
+@dataclass
+class CellPage:
+    column: Column
+    lane: str
+    cards: list[Card]
+    offset: int  # index of the first card in the cell
+    hidden: int  # cards after this page
+
+
+def board_cell_cards(
+    *, board: Board, filters: BoardFilters, column_id: int, lane: str, offset: int, limit: int | None = None
+) -> CellPage | None:
+    """The next cards of one cell after `offset`, in board order and under the same filters and
+    swimlanes as the page; None when the cell does not exist (any more)."""
+    columns = list(board.columns.order_by("position", "id"))
+    column = next((c for c in columns if c.pk == column_id), None)
+    if column is None:
+        return None
+    cards = list(_filtered(card_queryset(board).filter(column_id=column_id), filters))
+    lanes = _lanes(columns, cards, filters.lanes)
+    cell = next((c for ln in lanes if ln.key == lane for c in ln.cells if c.column.pk == column_id), None)
+    if cell is None:
+        return CellPage(column=column, lane=lane, cards=[], offset=offset, hidden=0)
+    offset = max(0, offset)
+    page = cell.cards[offset : offset + (limit or CELL_MORE_PAGE)]
+    return CellPage(
+        column=column, lane=lane, cards=card_display(page, board), offset=offset,
+        hidden=max(0, len(cell.cards) - offset - len(page)),
     )
 
 
