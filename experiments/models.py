@@ -450,9 +450,12 @@ class Run(models.Model):
         ordering = ["-start_time", "-id"]
         constraints = [models.UniqueConstraint(fields=["team", "source", "external_id"], name="uniq_run_external")]
         indexes = [
-            models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"]),
+            models.Index(fields=["team", "end_time"]),
+            models.Index(fields=["team", "status"]),
             # Maturity's window: runs by the time they started (or arrived, without a start time).
             models.Index(F("team"), Coalesce("start_time", "created_at"), name="run_team_started_or_created"),
+            # Scale: the runs list's default order (newest first, runs without a start last) also
+            # has an index, PostgreSQL-only (SQLite has no NULLS LAST in indexes): migration 0002_scale.
         ]
 
     def __str__(self) -> str:
@@ -520,7 +523,11 @@ class LatestMetric(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="uniq_latest_metric")]
-        indexes = [models.Index(fields=["key", "run"])]
+        indexes = [
+            models.Index(fields=["key", "run"]),
+            # Scale: runs ordered by a metric (runs list, MLflow search_runs order_by) in value order.
+            models.Index(fields=["key", "value", "run"], name="latest_metric_key_value_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.key}={'NaN' if self.is_nan else self.value} (step {self.step})"

@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -147,12 +146,15 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
     columns = list(chosen_cols or metric_keys[:DEFAULT_METRIC_COLUMNS])
 
     qs = run_selectors.runs_filtered(team=team, filters=filters)
-    paginator = Paginator(run_selectors.runs_prefetched(qs, metric_keys=columns), PAGE_SIZE)
-    page = paginator.get_page(request.GET.get("page"))
-    rows = run_selectors.runs_decorate(page.object_list, metric_keys=columns)
+    page = run_selectors.runs_page(
+        qs=run_selectors.runs_prefetched(qs, metric_keys=columns), sort=filters.sort,
+        after=request.GET.get("after"), size=PAGE_SIZE,
+    )
+    rows = run_selectors.runs_decorate(page.rows, metric_keys=columns)
     _decorate_durations(rows)
 
     base_query = request.GET.copy()
+    base_query.pop("after", None)
     base_query.pop("page", None)
     sort_query = base_query.copy()
     sort_query.pop("sort", None)
@@ -169,7 +171,6 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
         "filters": filters,
         "rows": rows,
         "page": page,
-        "paginator": paginator,
         "columns": columns,
         "metric_keys": metric_keys,
         "statuses": RunStatus.choices,
