@@ -14,6 +14,8 @@ ROUTES = (
     ("experiments/search", views.experiments_search, "experiments-search"),
     ("experiments/list", views.experiments_search, "experiments-list"),
     ("experiments/set-experiment-tag", views.experiments_set_tag, "experiments-set-tag"),
+    ("experiments/delete", views.experiments_delete, "experiments-delete"),
+    ("experiments/restore", views.experiments_restore, "experiments-restore"),
     ("runs/create", views.runs_create, "runs-create"),
     ("runs/update", views.runs_update, "runs-update"),
     ("runs/get", views.runs_get, "runs-get"),

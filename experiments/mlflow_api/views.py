@@ -157,6 +157,28 @@ def experiments_set_tag(caller: Caller, body: Body) -> dict[str, Any]:
     return {}
 
 
+def _experiment_by_id(caller: Caller, body: Body) -> TrackingExperiment:
+    experiment_id = body.string("experiment_id", required=True)
+    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
+    if experiment is None:
+        raise not_found(_missing_id(experiment_id))
+    return experiment
+
+
+@mlflow_endpoint("POST")
+def experiments_delete(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    run_services.tracking_experiment_delete(experiment=_experiment_by_id(caller, body))
+    return {}
+
+
+@mlflow_endpoint("POST")
+def experiments_restore(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    run_services.tracking_experiment_restore(experiment=_experiment_by_id(caller, body))
+    return {}
+
+
 # --- Runs --------------------------------------------------------------------------------------
 
 

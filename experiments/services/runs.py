@@ -381,6 +381,23 @@ def _ensure_active(run: Run) -> None:
 
 
 @transaction.atomic
+def tracking_experiment_delete(*, experiment: TrackingExperiment) -> TrackingExperiment:
+    """Soft delete (MLflow semantics): the experiment and its runs stay, hidden and restorable."""
+    if experiment.name == DEFAULT_EXPERIMENT_NAME:
+        raise IngestError("The Default experiment cannot be deleted.")
+    TrackingExperiment.objects.filter(pk=experiment.pk).update(lifecycle_stage=DELETED)
+    experiment.lifecycle_stage = DELETED
+    return experiment
+
+
+@transaction.atomic
+def tracking_experiment_restore(*, experiment: TrackingExperiment) -> TrackingExperiment:
+    TrackingExperiment.objects.filter(pk=experiment.pk).update(lifecycle_stage=ACTIVE)
+    experiment.lifecycle_stage = ACTIVE
+    return experiment
+
+
+@transaction.atomic
 def run_delete(*, run: Run) -> Run:
     """Soft delete (MLflow semantics): hidden from searches, restorable, data kept."""
     Run.objects.filter(pk=run.pk).update(lifecycle_stage=DELETED, updated_at=timezone.now())
