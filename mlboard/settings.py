@@ -226,7 +226,10 @@ AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_MINUTES", "15")) / 60  # 
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_IPWARE_PROXY_COUNT = int(os.environ.get("AXES_PROXY_COUNT", "0"))
+# Client address for lockouts and limits: REMOTE_ADDR, or behind N trusted proxies the N-th address
+# from the right of X-Forwarded-For (experiments/throttles.py: client_ip).
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+AXES_CLIENT_IP_CALLABLE = "experiments.throttles.client_ip"
 
 # Fixed-window request limits per minute (experiments/throttles.py), counted in the Django cache
 # (Redis when REDIS_URL is set). Generous: a training job logging every step stays far below them.
