@@ -39,6 +39,7 @@ from .selectors.standup import window_start_before
 from .services.boards import board_create, membership_set, team_create
 from .services.cards import card_add_note, card_create, card_move
 from .services.iterations import iteration_close, iteration_commit_card, iteration_create, iteration_start
+from .services.purge import team_purge
 from .services.runs import MetricPoint, run_create, run_log_batch, run_update, tracking_experiment_get_or_create
 from .services.verdicts import verdict_decide
 
@@ -244,7 +245,9 @@ def demo_seed(*, now: dt.datetime | None = None, seed: int = 7) -> Team:
     try:
         return _seed(now=now or timezone.now(), seed=seed)
     except BaseException:
-        Team.objects.filter(slug="demo").delete()
+        half_built = Team.objects.filter(slug="demo").first()
+        if half_built is not None:
+            team_purge(team=half_built, actor=None, reason="demo seed failed")
         raise
 
 

@@ -32,6 +32,7 @@ if not SECRET_KEY:
     raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*" if DEBUG else "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "experiments.api.errors.csrf_failure"  # JSON under /api/ and /mlflow/
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -195,6 +196,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "experiments.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["experiments.throttles.ApiThrottle"],
+    # JSON only: what the schema documents (no HTML browsable API answering ?format=api).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # The input rules of experiments/inputs.py on every body (NUL, surrogates, depth, number ranges).
     "DEFAULT_PARSER_CLASSES": [
         "experiments.api.parsers.JSONParser",
@@ -209,6 +212,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "experiments.api.errors.document_standard_errors",
+    ],
 }
 
 # mlflow's batch limits, mirrored so the compatible endpoint rejects what mlflow rejects.
@@ -266,7 +273,10 @@ AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_MINUTES", "15")) / 60  # 
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_IPWARE_PROXY_COUNT = int(os.environ.get("AXES_PROXY_COUNT", "0"))
+# Client address for lockouts and limits: REMOTE_ADDR, or behind N trusted proxies the N-th address
+# from the right of X-Forwarded-For (experiments/throttles.py: client_ip).
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+AXES_CLIENT_IP_CALLABLE = "experiments.throttles.client_ip"
 
 # Fixed-window request limits per minute (experiments/throttles.py), counted in the Django cache
 # (Redis when REDIS_URL is set). Generous: a training job logging every step stays far below them.

@@ -100,8 +100,14 @@ class ErrorSerializer(serializers.Serializer):
 # --- Teams and boards ------------------------------------------------------------------------------
 
 
+@extend_schema_field({"type": "string", "pattern": r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$", "example": "09:30:00"})
+class LocalTimeField(serializers.TimeField):
+    """A wall-clock time in the team's zone: no UTC offset, so not OpenAPI's `format: time` (RFC 3339)."""
+
+
 class TeamSerializer(serializers.ModelSerializer):
     role = serializers.ChoiceField(source="my_role", choices=Role.choices, read_only=True, help_text="Your role.")
+    standup_time = LocalTimeField(read_only=True, help_text="Daily standup, in the team's time zone.")
 
     class Meta:
         model = Team
@@ -163,6 +169,9 @@ class CardSerializer(serializers.ModelSerializer):
     stage = serializers.CharField(source="column.stage", read_only=True)
     owner_name = serializers.CharField(source="owner.label", read_only=True, allow_null=True)
     tags = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    # Blank until set: the schema must allow "" as well as the choices.
+    direction = serializers.ChoiceField(choices=Direction.choices, allow_blank=True, read_only=True)
+    verdict = serializers.ChoiceField(choices=VerdictChoice.choices, allow_blank=True, read_only=True)
 
     class Meta:
         model = Card

@@ -147,7 +147,7 @@ def authenticate(request: HttpRequest) -> Caller:
             "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
             "(create one under Account → API tokens).",
         )
-    ip = client_ip(request)
+    ip = client_ip(request) or "unknown"
     wait = throttle_blocked(scope="auth_failure", ident=ip)
     if wait is not None:
         raise _too_many(wait, "Too many failed token logins from your address.")

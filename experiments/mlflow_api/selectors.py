@@ -120,7 +120,7 @@ def experiment_by_id(*, team: Team, experiment_id: str) -> TrackingExperiment | 
     """None means the team's Default experiment (id '0'), which services create on first use."""
     if experiment_id in ("", DEFAULT_EXPERIMENT_ID):
         return None
-    if not experiment_id.isdigit():
+    if not experiment_id.isascii() or not experiment_id.isdigit() or len(experiment_id) > 18:
         raise invalid(f"Invalid experiment ID '{experiment_id}'. Experiment IDs are integers, e.g. '3'.")
     experiment = TrackingExperiment.objects.filter(team=team, pk=int(experiment_id)).first()
     if experiment is None:
