@@ -145,3 +145,33 @@ def test_dark_mode_follows_the_system_setting(browser, live_server, member, boar
         assert sum(int(x) for x in re.findall(r"\d+", light)[:3]) > 700, light
     finally:
         context.close()
+
+
+def test_charts_say_no_finite_values_and_all_render_for_print(page, login, live_server, board, member):
+    import math
+
+    from experiments.services.runs import MetricPoint, card_link_run, run_create, run_log_metrics
+
+    card = card_create(board=board, kind="hypothesis", title="Charts", actor=member)
+    run = run_create(team=board.team, name="r1")
+    points = [MetricPoint("all_nan", math.nan, step=i, timestamp=i) for i in range(3)]
+    for k in range(4):
+        points += [MetricPoint(f"m{k}", float(i), step=i, timestamp=i) for i in range(3)]
+    run_log_metrics(run=run, points=points)
+    card_link_run(card=card, run=run, actor=None)
+    page.set_viewport_size({"width": 900, "height": 500})
+    login(member)
+    page.goto(f"{live_server.url}{reverse('card_detail', args=[card.pk])}")
+    charts = page.locator("[data-chart-src]")
+    assert charts.count() == 5
+    # Below the fold the lazy charts have not loaded yet; printing must not show "Loading chart…".
+    assert page.locator('[data-chart-src]:not([data-chart-state])').count() > 0
+    page.emulate_media(media="print")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-chart-src]')]"
+        ".every(el => ['ready', 'empty'].includes(el.getAttribute('data-chart-state')))",
+        timeout=40_000,
+    )
+    nan_chart = page.locator(".chart-card", has_text="all_nan")
+    assert "No finite values" in nan_chart.inner_text()
+    assert page.locator(".chart-placeholder").count() == 0
