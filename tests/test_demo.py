@@ -72,3 +72,13 @@ def test_demo_command_sets_up_without_serving(transactional_db, capsys):
     call_command("demo", "--no-serve")
     assert Team.objects.filter(slug="demo").exists()
     assert "password 'demo'" in capsys.readouterr().out
+
+
+def test_demo_has_standup_history_and_a_discussion(demo):
+    from experiments.models import Comment, Notification, NotificationKind, StandupDigest
+
+    digests = list(StandupDigest.objects.filter(team=demo, board=None).order_by("window_end"))
+    assert len(digests) == 3 and all(d.window_end < NOW for d in digests)
+    assert digests[-1].window_end.date() == (NOW - dt.timedelta(days=1)).date()
+    assert Comment.objects.filter(team=demo).count() == 2
+    assert Notification.objects.filter(user__username="alice", kind=NotificationKind.MENTION).count() == 1

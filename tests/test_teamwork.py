@@ -21,8 +21,10 @@ from experiments.models import (
     CardKind,
     Column,
     EvidenceSnapshot,
+    LatestMetric,
     Notification,
     NotificationKind,
+    Param,
     Role,
     Run,
     RunStatus,
@@ -49,7 +51,14 @@ from experiments.services.notifications import (
     notifications_mark_read,
     preference_update,
 )
-from experiments.services.runs import MetricPoint, card_link_run, run_create, run_log_metrics, run_update
+from experiments.services.runs import (
+    MetricPoint,
+    card_link_run,
+    run_create,
+    run_delete,
+    run_log_metrics,
+    run_update,
+)
 from experiments.services.teams import membership_set_role, teamwork_settings_update
 from experiments.services.verdicts import verdict_decide, verdict_propose
 
@@ -216,7 +225,11 @@ def test_confirmed_verdict_moves_experiments_and_freezes_evidence(board, member)
     with pytest.raises(ValueError, match="immutable"):
         snapshot.save()
     assert evidence_snapshot_create(result=result, hypothesis=hyp, proposal=proposal, actor=member).pk == snapshot.pk
-    Run.objects.filter(pk__in=[r.pk for r in runs]).delete()
+    # A re-import rewrites the runs' values, then they are deleted: the frozen copy stays as it was.
+    LatestMetric.objects.filter(run__in=runs).update(value=0.99)
+    Param.objects.filter(run__in=runs).update(value="changed")
+    for run in runs:
+        run_delete(run=run)
     assert EvidenceSnapshot.objects.get(pk=snapshot.pk).data == data
     # The dead-ends view shows it with its snapshot.
     ends = dead_ends(board=board)
