@@ -399,3 +399,52 @@ def test_search_finds_cards_runs_and_comments_of_own_teams_only(board, member, o
     assert search_everything(user=outsider, text="isotonic").runs[0].obj.pk == foreign.pk
     assert search_everything(user=member, text="i").total == 0
 
+
+
+def test_personal_webhook_gets_one_message_per_digest(board, member, manager, django_capture_on_commit_callbacks):
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        preference_update(user=manager, email=False, webhook_url=url, muted_kinds=[])
+        card = hypothesis_card(board, owner=manager)
+        comment_create(author=member, body="first", card=card)
+        comment_create(author=member, body="second @maya", card=card)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert notification_digest_send(user_id=manager.pk) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1
+    assert "2 updates" in received[0]["text"] and received[0]["text"].count(f"/cards/{card.pk}/") == 2
+
+
+def test_owner_hears_once_when_a_card_gets_stuck(board, team, manager):
+    from experiments.services.notifications import notify_stuck_cards
+
+    running = column(board, Stage.RUNNING)
+    card = card_create(board=board, kind="hypothesis", title="stalled", actor=manager, owner=manager, column=running)
+    from experiments.models import CardEvent
+
+    long_ago = timezone.now() - dt.timedelta(hours=team.stuck_after_hours + 2)
+    Card.objects.filter(pk=card.pk).update(started_at=long_ago, updated_at=long_ago)
+    CardEvent.objects.filter(card=card).update(created_at=long_ago)
+    assert notify_stuck_cards(team_id=team.pk) == 1
+    assert notify_stuck_cards(team_id=team.pk) == 0  # same stall, no repeat
+    n = Notification.objects.get(user=manager)
+    assert n.kind == NotificationKind.CARD_STUCK and n.card_id == card.pk

@@ -113,7 +113,12 @@ def notify(
         )
         if kind in (kinds or [])
     }
-    recipients = sorted(members - muted)
+    already = set(
+        Notification.objects.filter(user_id__in=members, dedupe_key=dedupe_key[:120]).values_list("user_id", flat=True)
+    )
+    recipients = sorted(members - muted - already)
+    if not recipients:
+        return 0
     rows = [
         Notification(
             user_id=uid, team_id=team_id, kind=kind, text=text[:300], dedupe_key=dedupe_key[:120],
@@ -121,10 +126,10 @@ def notify(
         )
         for uid in recipients
     ]
-    created = Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)  # a concurrent twin adds nothing
     for uid in recipients:
         digest_schedule(user_id=uid)
-    return len(created)
+    return len(rows)
 
 
 def notify_comment(*, comment: Comment, mentioned: Iterable[User]) -> None:
