@@ -14,7 +14,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -54,6 +55,11 @@ class Team(models.Model):
     webhook_url = models.URLField(blank=True, help_text="Slack-compatible incoming webhook.")
     iteration_days = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(90)]
+    )
+    # Maturity: relative tolerance within which repeated runs must agree to count as reproduced.
+    maturity_repro_tolerance = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Empty: the site default (MATURITY_REPRO_TOLERANCE).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -159,6 +165,19 @@ class VerdictChoice(models.TextChoices):
     SUPPORTED = "supported", "Supported"
     REFUTED = "refuted", "Refuted"
     INCONCLUSIVE = "inconclusive", "Inconclusive"
+    # With an equivalence margin: the effect is demonstrably smaller than what matters (TOST).
+    NO_EFFECT = "no_effect", "No meaningful effect"
+
+
+class AnalysisTest(models.TextChoices):
+    T = "t", "t-test"
+    BOOTSTRAP = "bootstrap", "Bootstrap interval"
+    PERMUTATION = "permutation", "Permutation test"
+
+
+class AnalysisScale(models.TextChoices):
+    RAW = "raw", "Raw values"
+    LOG = "log", "Log scale (ratios; for skewed losses and latencies)"
 
 
 class Card(models.Model):
@@ -199,6 +218,26 @@ class Card(models.Model):
     min_delta = models.FloatField(null=True, blank=True, help_text="Improvement required over the baseline.")
     min_runs = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
     criteria_set_at = models.DateTimeField(null=True, blank=True)
+    # Hypothesis analysis plan (verdicts). min_runs is the planned number of runs (distinct seeds) per arm.
+    analysis_test = models.CharField(max_length=12, choices=AnalysisTest.choices, default=AnalysisTest.T)
+    analysis_scale = models.CharField(max_length=4, choices=AnalysisScale.choices, default=AnalysisScale.RAW)
+    paired = models.BooleanField(default=True, help_text="Pair candidate and baseline runs by seed when seeds match.")
+    equivalence_margin = models.FloatField(
+        null=True, blank=True, help_text="Effects smaller than this do not matter (equivalence test, TOST)."
+    )
+    smallest_effect = models.FloatField(
+        null=True, blank=True, help_text="Smallest improvement that matters; used for sample size and power."
+    )
+    failures_count = models.BooleanField(
+        default=True, help_text="Failed and diverged (NaN/Inf) runs count as failures of the hypothesis."
+    )
+    max_failure_share = models.FloatField(
+        default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="More failing runs than this share block 'supported'.",
+    )
+    criteria_frozen_at = models.DateTimeField(
+        null=True, blank=True, help_text="Criterion and plan froze when the first linked run started."
+    )
 
     # Experiment
     plan = models.TextField(blank=True)
@@ -255,6 +294,7 @@ class EventKind(models.TextChoices):
     VERDICT_DECIDED = "verdict_decided", "Verdict decided"
     NOTE = "note", "Note"
     FLAGGED = "flagged", "Flagged"
+    AMENDED = "amended", "Criterion amended"
 
 
 class CardEvent(models.Model):
@@ -409,7 +449,11 @@ class Run(models.Model):
     class Meta:
         ordering = ["-start_time", "-id"]
         constraints = [models.UniqueConstraint(fields=["team", "source", "external_id"], name="uniq_run_external")]
-        indexes = [models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"])]
+        indexes = [
+            models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"]),
+            # Maturity's window: runs by the time they started (or arrived, without a start time).
+            models.Index(F("team"), Coalesce("start_time", "created_at"), name="run_team_started_or_created"),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.external_id
@@ -602,6 +646,214 @@ class MlflowSource(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+# --- Delivery and import state (outbound) ---------------------------------------------------------
+
+
+class DigestDelivery(models.Model):
+    """One channel of one digest. Marked sent only after the send succeeded; the key travels with
+    every attempt (Idempotency-Key header, email Message-ID) so a retry after an unrecorded success
+    is recognisable by the receiver, and a recorded success is never sent again."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+
+    digest = models.ForeignKey(StandupDigest, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    key = models.UUIDField(unique=True)
+    attempts = models.PositiveIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["digest", "channel"], name="uniq_digest_channel")]
+
+    def __str__(self) -> str:
+        return f"Digest {self.digest_id} {self.channel}"
+
+
+# --- Verdicts: pre-registration ------------------------------------------------------------------
+
+
+class CriterionAmendment(models.Model):
+    """A change to a hypothesis's criterion or plan after it froze (its first linked run started).
+
+    runs_started is how many evidence runs had started when it was made; an amendment with
+    runs_started > 0 makes later verdicts exploratory and counts as post-hoc in maturity.
+    """
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="amendments")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    field = models.CharField(max_length=40)
+    old_value = models.JSONField(null=True, blank=True)
+    new_value = models.JSONField(null=True, blank=True)
+    reason = models.TextField()
+    runs_started = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["card", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.card_id} {self.field}: {self.old_value} -> {self.new_value}"
+
+
+# --- MLflow datasets, logged models and model registry (mlmodels) ------------------------------
+
+
+class RunDataset(models.Model):
+    """A dataset a run consumed (MLflow log_inputs), with the input's tags (mlflow.data.context=...)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=500)
+    digest = models.CharField(max_length=36)
+    source_type = models.CharField(max_length=36)
+    source = models.TextField()
+    schema = models.TextField(blank=True)
+    profile = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "name", "digest"], name="uniq_run_dataset")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.digest})"
+
+
+class LoggedModelStatus(models.TextChoices):
+    PENDING = "LOGGED_MODEL_PENDING", "Pending"
+    READY = "LOGGED_MODEL_READY", "Ready"
+    FAILED = "LOGGED_MODEL_UPLOAD_FAILED", "Upload failed"
+
+
+class LoggedModel(models.Model):
+    """An MLflow 3 logged model: a model's files (artifacts under artifact_location), params,
+    tags and metrics, usually produced by a source run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="logged_models")
+    experiment = models.ForeignKey(TrackingExperiment, on_delete=models.CASCADE, related_name="logged_models")
+    model_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=500)
+    source_run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="logged_models"
+    )
+    status = models.CharField(max_length=32, choices=LoggedModelStatus.choices, default=LoggedModelStatus.PENDING)
+    status_message = models.TextField(blank=True)
+    model_type = models.CharField(max_length=500, blank=True)
+    artifact_location = models.CharField(max_length=1000)
+    params = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    lifecycle_stage = models.CharField(max_length=10, default="active")
+    creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "model_id"]
+        indexes = [models.Index(fields=["team", "experiment", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model_id})"
+
+
+class LoggedModelMetric(models.Model):
+    """A metric point logged against a model (log_metric(..., model_id=...)); NaN as for run metrics,
+    +/-Inf clamped to the largest double as MLflow's SQL store does."""
+
+    model = models.ForeignKey(LoggedModel, on_delete=models.CASCADE, related_name="metrics")
+    run_external_id = models.CharField(max_length=64, blank=True)
+    key = models.CharField(max_length=250)
+    value = models.FloatField()
+    is_nan = models.BooleanField(default=False)
+    step = models.BigIntegerField(default=0)
+    timestamp = models.BigIntegerField()
+    dataset_name = models.CharField(max_length=500, blank=True)
+    dataset_digest = models.CharField(max_length=36, blank=True)
+
+    class Meta:
+        ordering = ["key", "step", "timestamp"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "key", "step", "timestamp", "run_external_id", "dataset_name", "dataset_digest"],
+                name="uniq_logged_model_metric",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.key}@{self.step}"
+
+
+class RunModelIO(models.Model):
+    """A logged model a run used (input) or produced (output, at a step): MLflow's RunInputs.model_inputs
+    and RunOutputs.model_outputs."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="model_io")
+    model = models.ForeignKey(LoggedModel, on_delete=models.CASCADE, related_name="run_io")
+    direction = models.CharField(max_length=6, choices=[(INPUT, "Input"), (OUTPUT, "Output")])
+    step = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["run", "model", "direction"], name="uniq_run_model_io")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.direction} {self.model_id}"
+
+
+class RegisteredModel(models.Model):
+    """A named model in the team's registry; its versions point at logged models or run artifacts."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registered_models")
+    name = models.CharField(max_length=256)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    # alias -> version number (MLflow: an alias names exactly one version of one model).
+    aliases = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="uniq_registered_model")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=1000)
+    run_external_id = models.CharField(max_length=64, blank=True)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions")
+    logged_model = models.ForeignKey(
+        LoggedModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
+    )
+    run_link = models.CharField(max_length=500, blank=True)
+    storage_location = models.CharField(max_length=1000, blank=True)
+    status = models.CharField(max_length=20, default="READY")
+    status_message = models.TextField(blank=True)
+    current_stage = models.CharField(max_length=20, default="None")
+    tags = models.JSONField(default=dict, blank=True)
+    user_id = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["registered_model", "-version"]
+        constraints = [models.UniqueConstraint(fields=["registered_model", "version"], name="uniq_model_version")]
+
+    def __str__(self) -> str:
+        return f"{self.registered_model_id} v{self.version}"
 
 
 # --- Teamwork: comments, watches, notifications, evidence snapshots -----------------------------

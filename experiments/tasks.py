@@ -43,11 +43,9 @@ def build_due_standup_digests(now_iso: str | None = None) -> list[int]:
 
 
 def _standup_retry_errors() -> tuple[type[BaseException], ...]:
-    import requests
-
     from .services.standup import DeliveryError
 
-    return (DeliveryError, requests.RequestException, OSError)
+    return (DeliveryError, OSError)
 
 
 @shared_task(
@@ -91,7 +89,7 @@ def snapshot_all_maturity() -> int:
     date_iso = timezone.localdate().isoformat()
     team_ids = list(team_ids_for_snapshot())
     for team_id in team_ids:
-        snapshot_team_maturity.delay(team_id, date_iso)
+        transaction.on_commit(lambda team_id=team_id: snapshot_team_maturity.delay(team_id, date_iso))
     return len(team_ids)
 
 
@@ -125,29 +123,17 @@ def sync_all_mlflow_sources() -> list[int]:
 
 
 @shared_task(acks_late=True)
-def sync_mlflow_source(source_id: int) -> dict | None:
-    """Import of one source: incremental, plus a full pass once a day (late tags on old finished runs).
-    Re-running imports nothing twice. Failures land in last_error."""
-    from .models import MlflowSource
-    from .services.mlflow_import import MlflowImportError, mlflow_full_sync_due, mlflow_source_sync
+def sync_mlflow_source(source_id: int, pass_id: str | None = None, seq: int | None = None) -> dict | None:
+    """One bounded chunk of the import of one source (incremental, plus a full pass once a day), then
+    the next chunk re-enqueued with the pass cursor kept on the source row. Re-running a chunk imports
+    nothing twice; a duplicate or outdated message stops. Failures land in last_error."""
+    from .services.mlflow_import import mlflow_source_sync_step
 
-    source = MlflowSource.objects.select_related("team").filter(pk=source_id, enabled=True).first()
-    if source is None:
-        return None
-    full = mlflow_full_sync_due(source=source)
-    try:
-        summary = mlflow_source_sync(source=source, full=full)
-    except MlflowImportError as exc:
-        return {"error": exc.message, "full": full}
-    return {
-        "full": full,
-        "experiments": summary.experiments,
-        "runs_created": summary.runs_created,
-        "runs_updated": summary.runs_updated,
-        "runs_unchanged": summary.runs_unchanged,
-        "metric_points": summary.metric_points,
-        "problems": len(summary.problems),
-    }
+    result = mlflow_source_sync_step(source_id=source_id, pass_id=pass_id, seq=seq)
+    if result and result.get("next"):
+        next_pass, next_seq = result["next"]
+        transaction.on_commit(lambda: sync_mlflow_source.delay(source_id, next_pass, next_seq))
+    return result
 
 
 # --- Iterations ---------------------------------------------------------------------------------

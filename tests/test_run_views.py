@@ -29,7 +29,7 @@ RUNS_LIST_QUERIES = 10
 # 13 for the card itself, +5 for teamwork: comments and their mentions, watching, evidence snapshot, similar
 # hypotheses (with their tags).
 CARD_PAGE_QUERIES = 18
-CARD_CHART_QUERIES = 6
+CARD_CHART_QUERIES = 8
 
 
 def make_run(team, user, name, *, status=RunStatus.FINISHED, params=None, auc=0.8, steps=5, start=None, **kw):

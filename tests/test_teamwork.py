@@ -116,6 +116,7 @@ def test_chart_payload_counts_finite_points(client_for, member, board):
                                      enumerate([math.nan, math.inf, -math.inf])])
     card_link_run(card=card, run=run, actor=None)
     body = client_for(member).get(f"/cards/{card.pk}/metrics.json?key=loss").json()
+    assert body["figure"]["data"][0]["y"] == [None, None, None]  # stored ±Inf is drawn as a gap
     assert body["meta"]["finite_points"] == 0 and body["meta"]["total_points"] == 3
 
 

@@ -14,7 +14,6 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -32,6 +31,7 @@ from ..services.runs import (
 )
 from ..services.tokens import token_create, token_revoke
 from . import selectors
+from .parsers import LenientJSONParser
 from .serializers import (
     BoardFilterSerializer,
     BoardSerializer,
@@ -80,12 +80,6 @@ class Pagination(LimitOffsetPagination):
 class HistoryPagination(LimitOffsetPagination):
     default_limit = 1000
     max_limit = 10000
-
-
-class LenientJSONParser(JSONParser):
-    """Accepts the NaN/Infinity literals Python's json module writes by default (metric values)."""
-
-    strict = False
 
 
 class ScopedViewSet(viewsets.GenericViewSet):

@@ -29,7 +29,7 @@ from ..models import (
     VerdictProposal,
     VerdictStatus,
 )
-from ..services.runs import SEED_KEYS
+from ..services.runs import DEFAULT_EXPERIMENT_NAME, SEED_KEYS
 from .metrics import format_value
 
 DEFAULT_SORT = "-start"
@@ -60,6 +60,25 @@ def get_run_or_404(*, user: User, run_id: int) -> tuple[Run, Membership]:
     if membership is None:
         raise Http404("No such run.")
     return run, membership
+
+
+def run_by_external_id(*, user: User, external_id: str) -> Run | None:
+    """The user's run with this MLflow run id (the id is a uuid, so at most one team has it)."""
+    return (
+        Run.objects.filter(external_id=external_id, team__memberships__user=user)
+        .order_by(F("source").desc(), "pk")  # mlboard's own run before an imported copy
+        .first()
+    )
+
+
+def tracking_experiment_for_link(*, user: User, experiment_id: str) -> TrackingExperiment | None:
+    """An experiment of one of the user's teams by MLflow id; '0' is the Default of the user's first team."""
+    queryset = TrackingExperiment.objects.select_related("team").filter(team__memberships__user=user)
+    if experiment_id == "0":
+        return queryset.filter(name=DEFAULT_EXPERIMENT_NAME, source="mlboard").order_by("team__slug").first()
+    if not experiment_id.isdigit():
+        return None
+    return queryset.filter(pk=int(experiment_id)).first()
 
 
 # --- Runs list ----------------------------------------------------------------------------------

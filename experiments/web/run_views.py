@@ -14,7 +14,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -221,6 +221,32 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     )
 
 
+@require_GET
+def mlflow_link_page(request: HttpRequest) -> HttpResponse:
+    """/mlflow/: the page behind the link MLflow clients print. The run is in the URL fragment, which
+    only the browser sees, so a script turns it into a query for mlflow_link_open."""
+    return render(request, "runs/mlflow_link.html", {"open_url": reverse("mlflow_link_open")})
+
+
+@login_required
+@require_GET
+def mlflow_link_open(request: HttpRequest) -> HttpResponse:
+    """?run=<MLflow run id> opens the run page; ?experiment=<id> the runs list filtered to it."""
+    run_id, experiment_id = request.GET.get("run", ""), request.GET.get("experiment", "")
+    if run_id:
+        run = run_selectors.run_by_external_id(user=request.user, external_id=run_id)
+        if run is None:
+            raise Http404("No such run in your teams.")
+        return HttpResponseRedirect(reverse("run_detail", args=[run.pk]))
+    if experiment_id:
+        experiment = run_selectors.tracking_experiment_for_link(user=request.user, experiment_id=experiment_id)
+        if experiment is None:
+            raise Http404("No such experiment in your teams.")
+        url = reverse("runs", args=[experiment.team.slug])
+        return HttpResponseRedirect(f"{url}?{urlencode({'experiment': experiment.pk})}")
+    return HttpResponseRedirect(reverse("home"))
+
+
 def _run_ids(request: HttpRequest) -> tuple[list[int], list[str]]:
     ids, bad = [], []
     for raw in request.GET.getlist("run"):
@@ -263,7 +289,7 @@ def _chart_response(
         points=sum(len(s.steps) for s in series),
         total_points=sum(s.total_points for s in series),
         downsampled=any(s.downsampled for s in series),
-        finite_points=sum(1 for s in series for v in s.values if v is not None),
+        finite_points=charts.finite_count(series),
     )
     return JsonResponse(payload)
 

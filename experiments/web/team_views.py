@@ -32,6 +32,7 @@ from ..services.teams import (
     mlflow_source_delete,
     mlflow_source_sync_now,
     mlflow_source_update,
+    mlflow_token_follows,
     team_settings_clean,
     team_update,
     timezone_choices,
@@ -321,7 +322,10 @@ class MlflowSourceForm(forms.Form):
         if source is None:
             del self.fields["clear_token"]
         elif source.token:
-            self.fields["token"].help_text = "A token is stored. Leave empty to keep it, or enter a new one."
+            self.fields["token"].help_text = (
+                "A token is stored. Leave empty to keep it, or enter a new one. "
+                "A tracking URI on another host removes it; enter it again then."
+            )
             self.fields["token"].widget.attrs["placeholder"] = "•••••••• (stored)"
         else:
             del self.fields["clear_token"]
@@ -391,6 +395,10 @@ def team_mlflow_source_edit(request: HttpRequest, membership: Membership, source
         form = MlflowSourceForm(request.POST, source=source)
         if form.is_valid():
             data = form.cleaned_data
+            token_dropped = bool(
+                source.token and not data["token"] and data["tracking_uri"]
+                and not mlflow_token_follows(source.tracking_uri, data["tracking_uri"].strip())
+            )
             try:
                 mlflow_source_update(
                     source=source,
@@ -405,6 +413,9 @@ def team_mlflow_source_edit(request: HttpRequest, membership: Membership, source
                 apply_domain_error(form, exc)
             else:
                 messages.success(request, f"Saved MLflow source {source.name}.")
+                if token_dropped and not source.token:
+                    messages.warning(request, "The stored token was removed because the server changed. "
+                                     "Enter the token for the new server to use one.")
                 return redirect("team_mlflow_sources", team_slug=membership.team.slug)
         source.refresh_from_db()
         status = 400

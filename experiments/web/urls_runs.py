@@ -7,6 +7,7 @@ urlpatterns = [
     path("teams/<slug:team_slug>/runs/compare/", run_views.run_compare, name="run_compare"),
     path("teams/<slug:team_slug>/runs/metrics.json", run_views.run_metric_chart, name="run_metric_chart"),
     path("runs/<int:run_id>/", run_views.run_detail, name="run_detail"),
+    path("runs/mlflow-link/", run_views.mlflow_link_open, name="mlflow_link_open"),
     path("cards/<int:card_id>/", run_views.card_detail, name="card_detail"),
     path("cards/<int:card_id>/metrics.json", run_views.card_metric_chart, name="card_metric_chart"),
     path("cards/<int:card_id>/runs/search/", run_views.card_run_search, name="card_run_search"),
