@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ from rest_framework.test import APIClient
 from experiments.models import CardEvent, CardRun, EventKind, LatestMetric, Metric, Param, Run, RunStatus, Stage, User
 from experiments.services.boards import board_create, membership_set
 from experiments.services.cards import card_create
-from experiments.services.runs import FLOAT_MAX, MetricPoint, card_link_run, run_create, run_log_metrics
+from experiments.services.runs import MetricPoint, card_link_run, run_create, run_log_metrics
 
 
 @pytest.fixture
@@ -250,10 +251,9 @@ def test_nan_and_infinity_as_strings_are_kept_and_returned(api_for, member, run)
     assert client.post(f"/api/runs/{run.pk}/metrics/", {"metrics": points}, format="json").json()["added"] == 4
     rows = list(Metric.objects.filter(run=run).order_by("step"))
     assert rows[0].is_nan and rows[0].value == 0.0
-    # Infinities are stored as MLflow's SQL store stores them: the largest double.
-    assert rows[1].value == FLOAT_MAX and rows[2].value == -FLOAT_MAX
+    assert rows[1].value == math.inf and rows[2].value == -math.inf
     history = client.get(f"/api/runs/{run.pk}/metrics/history/?key=loss").json()["results"]
-    assert [p["value"] for p in history] == ["NaN", FLOAT_MAX, -FLOAT_MAX, 0.25]
+    assert [p["value"] for p in history] == ["NaN", "Infinity", "-Infinity", 0.25]
     # Retrying NaN points is idempotent too.
     assert client.post(f"/api/runs/{run.pk}/metrics/", {"metrics": points}, format="json").json()["added"] == 0
 
@@ -269,7 +269,7 @@ def test_nan_and_infinity_as_json_number_literals(api_for, member, run):
     assert response.status_code == 200, response.content
     assert response.json()["added"] == 2
     latest = api_for(member).get(f"/api/runs/{run.pk}/").json()["metrics"]
-    assert latest == [{"key": "loss", "value": FLOAT_MAX, "step": 1, "timestamp": 2}]
+    assert latest == [{"key": "loss", "value": "Infinity", "step": 1, "timestamp": 2}]
 
 
 def test_oversize_batch_is_rejected_with_clear_message(api_for, member, run):

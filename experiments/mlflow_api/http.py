@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from ..errors import ConflictError, DomainError, PermissionDeniedError
 from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Team, User
-from ..services.runs import IngestError
+from ..services.runs import FLOAT_MAX, IngestError
 from ..services.tokens import token_authenticate, token_bind_team
 from ..throttles import client_ip, throttle_blocked, throttle_hit
 
@@ -82,11 +82,12 @@ def _too_many(wait: float, what: str) -> MlflowApiError:
 
 
 def json_number(value: float) -> float | str:
-    """Proto-JSON doubles: NaN and infinities travel as strings (JSON has no literal for them)."""
+    """Proto-JSON doubles: NaN travels as a string; an infinity as the largest double, which is what
+    `mlflow server`'s SQL store gives back for one (services/runs.FLOAT_MAX)."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
+        return FLOAT_MAX if value > 0 else -FLOAT_MAX
     return value
 
 

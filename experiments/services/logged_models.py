@@ -32,7 +32,6 @@ from .runs import (
     ACTIVE,
     DATA_VERSION_TAGS,
     DELETED,
-    FLOAT_MAX,
     IngestError,
     _check_key,
     _clean_params,
@@ -305,8 +304,6 @@ def logged_model_log_metrics(*, team: Team, run: Run, points: Iterable[ModelMetr
         _check_key(p.key, "Metric")
         value = _coerce_float(p.value, p.key)
         is_nan = math.isnan(value)
-        if math.isinf(value):
-            value = FLOAT_MAX if value > 0 else -FLOAT_MAX
         step = _coerce_int(p.step or 0, "step", p.key)
         ts = stamp if p.timestamp in (None, "") else _coerce_int(p.timestamp, "timestamp", p.key)
         key = (p.model_id, p.key, step, ts, p.dataset_name or "", p.dataset_digest or "")

@@ -63,8 +63,10 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
 MAX_EXPERIMENT_NAME_LENGTH = 500
 DEFAULT_EXPERIMENT_NAME = "Default"
-# MLflow's SQL store keeps +/-Inf as the largest finite double (SQL has no infinity); so does mlboard,
-# so a script reads back exactly what `mlflow server` would give it.
+# MLflow's SQL store keeps +/-Inf as the largest finite double. mlboard keeps the infinity itself (a
+# diverged run is evidence, and the largest double would read as a finite value to the statistics
+# and charts) and answers the MLflow API with the largest double (mlflow_api/http.json_number), so a
+# script reads back exactly what `mlflow server` would give it.
 FLOAT_MAX = 1.7976931348623157e308
 ACTIVE = "active"
 DELETED = "deleted"
@@ -504,8 +506,6 @@ def _metric_rows(run: Run, points: Iterable[MetricPoint]) -> tuple[dict[tuple, N
         if type(value) is not float:
             value = float(value) if type(value) is int else _coerce_float(value, key)
         is_nan = value != value
-        if value == math.inf or value == -math.inf:
-            value = FLOAT_MAX if value > 0 else -FLOAT_MAX
         if type(step) is not int:
             step = _coerce_int(step or 0, "step", key)
         if ts is None:
