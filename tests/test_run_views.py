@@ -448,7 +448,7 @@ def proposed(hypothesis, team, member):
     from experiments.services.verdicts import verdict_propose
 
     for i, auc in enumerate((0.90, 0.91, 0.92)):
-        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc), actor=member)
+        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc, seed=i), actor=member)
     proposal = verdict_propose(card=hypothesis)
     assert proposal is not None
     return proposal
