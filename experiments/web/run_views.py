@@ -301,7 +301,7 @@ def _chart_response(
         points=sum(len(s.steps) for s in series),
         total_points=sum(s.total_points for s in series),
         downsampled=any(s.downsampled for s in series),
-        finite_points=sum(1 for s in series for v in s.values if v is not None),
+        finite_points=charts.finite_count(series),
     )
     return JsonResponse(payload)
 
