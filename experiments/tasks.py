@@ -122,17 +122,24 @@ def sync_all_mlflow_sources() -> list[int]:
     return ids
 
 
-@shared_task(acks_late=True)
-def sync_mlflow_source(source_id: int, pass_id: str | None = None, seq: int | None = None) -> dict | None:
+@shared_task(bind=True, acks_late=True, max_retries=24)
+def sync_mlflow_source(self, source_id: int, pass_id: str | None = None, seq: int | None = None) -> dict | None:
     """One bounded chunk of the import of one source (incremental, plus a full pass once a day), then
     the next chunk re-enqueued with the pass cursor kept on the source row. Re-running a chunk imports
     nothing twice; a duplicate or outdated message stops. Failures land in last_error."""
     from .services.mlflow_import import mlflow_source_sync_step
 
     result = mlflow_source_sync_step(source_id=source_id, pass_id=pass_id, seq=seq)
+    if result == {"skipped": "busy"}:
+        # The row is locked: another chunk runs, or a killed worker's transaction is not gone yet.
+        # Ask again shortly; a duplicate then finds its chunk done and stops.
+        raise self.retry(countdown=5)
     if result and result.get("next"):
         next_pass, next_seq = result["next"]
-        transaction.on_commit(lambda: sync_mlflow_source.delay(source_id, next_pass, next_seq))
+        queue = (self.request.delivery_info or {}).get("routing_key") or None  # the chain stays on its queue
+        transaction.on_commit(
+            lambda: sync_mlflow_source.apply_async((source_id, next_pass, next_seq), queue=queue)
+        )
     return result
 
 

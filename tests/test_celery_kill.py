@@ -86,7 +86,7 @@ class Workers:
         self.mail.mkdir()
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *, pool: str, visibility: int, time_limit: int) -> subprocess.Popen:
+    def start(self, *, pool: str, visibility: int, time_limit: int, **extra: str) -> subprocess.Popen:
         env = {
             **os.environ,
             "DATABASE_URL": _database_url(),
@@ -97,6 +97,7 @@ class Workers:
             "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
             "EMAIL_FILE_PATH": str(self.mail),
             "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
+            **extra,
         }
         name = f"{self.queue}-{len(self.procs)}@%h"
         with open(self.tmp / f"worker-{len(self.procs)}.log", "w") as log:  # the child keeps its own copy
@@ -232,3 +233,48 @@ def test_kill_main_process_mid_task_redelivers_after_visibility_timeout(broker, 
     time.sleep(4.0)  # past another visibility timeout: no second delivery of an acknowledged message
     _check_exactly_once(team, hook, workers)
     assert redelivered_after >= 2.5  # not before the visibility timeout
+
+
+def test_kill_pool_child_mid_import_chunk_imports_everything_once(broker, workers):
+    """The chunked MLflow import: the child dies while a chunk waits on the server; the chunk's
+    transaction dies with it, the message is requeued, and the whole pass completes exactly once."""
+    from experiments.models import Metric, MlflowSource, Run
+    from experiments.services.mlflow_import import PASS_KEY, mlflow_source_upsert
+    from experiments.tasks import sync_mlflow_source
+
+    from .test_mlflow_import import T0
+    from .test_mlflow_import_fake import FakeMlflow
+
+    with FakeMlflow() as fake:
+        experiment = fake.add_experiment("long")
+        for i in range(6):
+            fake.add_run(experiment, f"run{i}", start=T0 + i, end=T0 + 100 + i)
+            fake.log(f"run{i}", "loss", [(step, 1.0 / (step + 1)) for step in range(4)])
+        held, release = threading.Event(), threading.Event()
+        history = fake._history
+
+        def slow_history(args):
+            if args.get("run_id") == "run3" and not held.is_set():
+                held.set()
+                release.wait(60)
+            return history(args)
+
+        fake._history = slow_history
+        team = team_create(name="Importers", slug="importers")
+        source = mlflow_source_upsert(team=team, name="legacy", tracking_uri=fake.url)
+        main = workers.start(pool="prefork", visibility=60, time_limit=30, MLFLOW_IMPORT_CHUNK_RUNS="4")
+        sync_mlflow_source.apply_async((source.pk,), queue=workers.queue)
+        _wait(held.is_set, 90, "the import never reached run3", workers)
+        (child,) = workers.children(main)
+        os.kill(child, signal.SIGKILL)  # mid-chunk: run0-run2 written in the chunk's open transaction
+        release.set()
+
+        def finished() -> bool:
+            current = MlflowSource.objects.get(pk=source.pk)
+            return current.last_synced_at is not None and PASS_KEY not in current.cursor
+
+        _wait(finished, 90, "the import pass did not complete after the child was killed", workers)
+        assert Run.objects.filter(team=team).count() == 6
+        assert Metric.objects.filter(run__team=team).count() == 24  # 6 runs x 4 points, none twice
+        assert sorted(Run.objects.filter(team=team).values_list("external_id", flat=True)) == [
+            f"run{i}" for i in range(6)]
