@@ -200,14 +200,15 @@ def _criteria_first(team_id: int, run_ids: list[int] | QuerySet, weeks: _Weeks, 
     after it (two queries). Only hypotheses with an evidence run in the window can qualify, so
     the first-run subquery runs for those alone."""
     in_window = CardRun.objects.filter(run_id__in=run_ids, is_baseline=False)
-    rows = list(
+    candidates = (
         _hypothesis_team(team_id)
         .filter(Q(pk__in=in_window.values("card_id")) | Q(pk__in=in_window.values("card__parent_id")))
         .order_by()
         .annotate(first_run=first_evidence_start())
-        .filter(first_run__gt=start, first_run__lte=end)
         .values_list("pk", "criteria_set_at", "first_run")
     )
+    # Bounds checked here: filtering on the annotation in SQL would run its subquery twice more per card.
+    rows = [(pk, at, first) for pk, at, first in candidates if first is not None and start < first <= end]
     amended = _amended_after_first_run({pk: first for pk, _, first in rows})
     for pk, criteria_set_at, first_run in rows:
         tally = weeks.at(first_run)
