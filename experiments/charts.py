@@ -15,6 +15,7 @@ from plotly.utils import PlotlyJSONEncoder
 from .models import Direction
 from .selectors.metrics import Series
 from .selectors.runs import CompareRow, Comparison
+from .services.runs import FLOAT_MAX
 
 # Distinguishable on white, colour-blind friendly first (Okabe-Ito), then extra hues.
 PALETTE = (
@@ -62,7 +63,8 @@ def metric_chart(
         fig.add_trace(
             go.Scatter(
                 x=s.steps,
-                y=s.values,
+                # Stored ±Inf (±FLOAT_MAX) is a gap, like NaN, instead of an axis at 1.8e308.
+                y=[v if v is None or abs(v) < FLOAT_MAX else None for v in s.values],
                 mode="lines+markers" if len(s.steps) <= 1 else "lines",
                 name=name,
                 connectgaps=False,
@@ -111,7 +113,12 @@ MISSING_COLOR = "#b8bec9"
 
 
 def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
+    """A drawable number: not NaN, not ±Inf, and not ±FLOAT_MAX (how ±Inf is stored, as in MLflow)."""
+    return value is not None and math.isfinite(value) and abs(value) < FLOAT_MAX
+
+
+def finite_count(series: Sequence[Series]) -> int:
+    return sum(1 for s in series for v in s.values if _finite(v))
 
 
 def _numeric_dimension(label: str, numbers: Sequence[float | None]) -> dict[str, Any] | None:

@@ -196,7 +196,7 @@ class Card(models.Model):
     )
     tags = models.ManyToManyField(Tag, blank=True, related_name="cards")
     # Experiments belong to a hypothesis; results to an experiment (or directly to a hypothesis).
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     iteration = models.ForeignKey(
         "Iteration", null=True, blank=True, on_delete=models.SET_NULL, related_name="cards"
     )
@@ -300,8 +300,9 @@ class EventKind(models.TextChoices):
 class CardEvent(models.Model):
     """Append-only log of everything that happened to a card; reports are built from it."""
 
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="events")
-    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="events")
+    # Evidence: PROTECT, so only an explicit, logged purge (services/purge.py) removes it.
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="events")
+    board = models.ForeignKey(Board, on_delete=models.PROTECT, related_name="events")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     kind = models.CharField(max_length=20, choices=EventKind.choices)
     from_column = models.ForeignKey(Column, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -352,8 +353,8 @@ class Iteration(models.Model):
 class IterationItem(models.Model):
     """A card committed to an iteration, and how it stood when the iteration closed."""
 
-    iteration = models.ForeignKey(Iteration, on_delete=models.CASCADE, related_name="items")
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="iteration_items")
+    iteration = models.ForeignKey(Iteration, on_delete=models.PROTECT, related_name="items")
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="iteration_items")
     committed_at = models.DateTimeField(default=timezone.now)
     completed = models.BooleanField(null=True, blank=True, help_text="Set at close; null while open.")
     carried_over = models.BooleanField(default=False)
@@ -388,7 +389,7 @@ class ApiToken(models.Model):
 class TrackingExperiment(models.Model):
     """An MLflow-style experiment: a named group of runs (not a board card)."""
 
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="tracking_experiments")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="tracking_experiments")
     name = models.CharField(max_length=500)
     source = models.CharField(max_length=100, default="mlboard")
     external_id = models.CharField(max_length=64, blank=True, db_index=True)
@@ -423,9 +424,9 @@ class Trigger(models.TextChoices):
 
 
 class Run(models.Model):
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="runs")
     experiment = models.ForeignKey(
-        TrackingExperiment, null=True, blank=True, on_delete=models.CASCADE, related_name="runs"
+        TrackingExperiment, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
     )
     source = models.CharField(max_length=100, default="mlboard", help_text="mlboard, or import:<source name>.")
     external_id = models.CharField(max_length=64, db_index=True)
@@ -450,9 +451,12 @@ class Run(models.Model):
         ordering = ["-start_time", "-id"]
         constraints = [models.UniqueConstraint(fields=["team", "source", "external_id"], name="uniq_run_external")]
         indexes = [
-            models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"]),
+            models.Index(fields=["team", "end_time"]),
+            models.Index(fields=["team", "status"]),
             # Maturity's window: runs by the time they started (or arrived, without a start time).
             models.Index(F("team"), Coalesce("start_time", "created_at"), name="run_team_started_or_created"),
+            # Scale: the runs list's default order (newest first, runs without a start last) also
+            # has an index, PostgreSQL-only (SQLite has no NULLS LAST in indexes): migration 0002_scale.
         ]
 
     def __str__(self) -> str:
@@ -472,7 +476,7 @@ class Run(models.Model):
 class Param(models.Model):
     """Run parameter; immutable once logged (mlflow semantics)."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="params")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="params")
     key = models.CharField(max_length=250)
     value = models.TextField()
 
@@ -490,7 +494,7 @@ class Metric(models.Model):
 
     # No separate run index: the unique index below starts with (run, key, step) and serves
     # every lookup, and one index fewer halves the index work per ingested point.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="metrics", db_index=False)
     key = models.CharField(max_length=250)
     value = models.FloatField()
     is_nan = models.BooleanField(default=False)
@@ -511,7 +515,7 @@ class Metric(models.Model):
 class LatestMetric(models.Model):
     """Latest value per (run, key): the value at the highest step, then timestamp."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="latest_metrics")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="latest_metrics")
     key = models.CharField(max_length=250)
     value = models.FloatField()
     is_nan = models.BooleanField(default=False)
@@ -520,7 +524,11 @@ class LatestMetric(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="uniq_latest_metric")]
-        indexes = [models.Index(fields=["key", "run"])]
+        indexes = [
+            models.Index(fields=["key", "run"]),
+            # Scale: runs ordered by a metric (runs list, MLflow search_runs order_by) in value order.
+            models.Index(fields=["key", "value", "run"], name="latest_metric_key_value_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.key}={'NaN' if self.is_nan else self.value} (step {self.step})"
@@ -532,8 +540,8 @@ class LinkVia(models.TextChoices):
 
 
 class CardRun(models.Model):
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="run_links")
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="card_links")
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="run_links")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="card_links")
     via = models.CharField(max_length=6, choices=LinkVia.choices, default=LinkVia.MANUAL)
     linked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     is_baseline = models.BooleanField(default=False)
@@ -556,7 +564,7 @@ class VerdictStatus(models.TextChoices):
 class VerdictProposal(models.Model):
     """Verdict computed from linked runs; a person confirms or overrides it."""
 
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="verdict_proposals")
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="verdict_proposals")
     proposed = models.CharField(max_length=12, choices=VerdictChoice.choices)
     decided = models.CharField(max_length=12, choices=VerdictChoice.choices, blank=True)
     status = models.CharField(max_length=10, choices=VerdictStatus.choices, default=VerdictStatus.PROPOSED)
@@ -674,6 +682,26 @@ class DigestDelivery(models.Model):
         return f"Digest {self.digest_id} {self.channel}"
 
 
+class ImportedRunArtifacts(models.Model):
+    """The artifacts of one imported run, copied from its MLflow server's artifact proxy into
+    mlboard's artifact storage. Pending until every file is copied (done_at); files already
+    stored with the same size are skipped, so an interrupted copy resumes where it stopped."""
+
+    source = models.ForeignKey(MlflowSource, on_delete=models.CASCADE, related_name="artifact_copies")
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="imported_artifacts")
+    remote_root = models.CharField(max_length=1000, help_text="Path on the server's mlflow-artifacts API.")
+    files = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    done_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "done_at"])]
+
+    def __str__(self) -> str:
+        return f"Artifacts of run {self.run_id}"
+
+
 # --- Verdicts: pre-registration ------------------------------------------------------------------
 
 
@@ -723,6 +751,11 @@ class RunDataset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.digest})"
+
+    @property
+    def context(self) -> str:
+        """What the run used it for: MLflow's mlflow.data.context input tag (training, eval...)."""
+        return str((self.tags or {}).get("mlflow.data.context", ""))
 
 
 class LoggedModelStatus(models.TextChoices):
@@ -1002,3 +1035,75 @@ class EvidenceSnapshot(models.Model):
         if self.pk is not None and not kwargs.get("force_insert"):
             raise ValueError("Evidence snapshots are immutable.")
         super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# --- Artifacts ---------------------------------------------------------------------------------
+
+
+class ArtifactFile(models.Model):
+    """Index of one stored artifact (the bytes are in the artifact storage under `path`).
+
+    Listings, the run page's tree and the card page's images read this table, so they cost a
+    fixed number of queries on any storage backend instead of one storage round-trip per run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="artifact_files")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="artifact_files")
+    path = models.CharField(max_length=1024, unique=True, help_text="Storage key: teams/<team id>/...")
+    size = models.BigIntegerField()
+    content_type = models.CharField(max_length=100, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "path"]), models.Index(fields=["team", "path"])]
+
+    def __str__(self) -> str:
+        return self.path
+
+
+# --- Hardening (inputsec): invitations and the purge log ------------------------------------------
+
+
+class Invitation(models.Model):
+    """An emailed, single-use link for someone without an account to join a team with a role.
+    Only a SHA-256 digest of the link's secret is stored."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    digest = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.email} to {self.team_id}"
+
+
+class PurgeRecord(models.Model):
+    """Audit log of hard deletes of evidence (cards, runs, tracking experiments, iterations, teams)."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)
+    team_slug = models.CharField(max_length=60, blank=True)
+    object_type = models.CharField(max_length=60)
+    object_id = models.BigIntegerField()
+    object_repr = models.CharField(max_length=250)
+    counts = models.JSONField(default=dict, help_text="Rows deleted per model.")
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Purged {self.object_type} {self.object_repr}"

@@ -368,9 +368,10 @@ class OutboundClient:
             response.close()
 
     def iter_body(self, response: requests.Response, *, max_bytes: int | None = None,
-                  chunk_size: int = 1 << 16) -> Iterator[bytes]:
+                  chunk_size: int = 1 << 16, deadline: float | None = None) -> Iterator[bytes]:
         """The decoded body in chunks, stopping at `max_bytes` and at the deadline."""
         limit = max_bytes or self.max_bytes or 0
+        deadline = deadline or self.deadline
         host = urlsplit(response.url).hostname or "the server"
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -381,8 +382,8 @@ class OutboundClient:
                 total += len(chunk)
                 if total > limit:
                     raise OutboundError(f"{host}: the reply is larger than {limit} bytes.", status=response.status_code)
-                if self.deadline and time.monotonic() - started > self.deadline:
-                    raise OutboundError(f"{host}: the reply took longer than {self.deadline:g}s.")
+                if deadline and time.monotonic() - started > deadline:
+                    raise OutboundError(f"{host}: the reply took longer than {deadline:g}s.")
                 yield chunk
         except requests.RequestException:
             raise OutboundError(f"{host}: the connection broke while reading the reply.") from None

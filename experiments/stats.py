@@ -261,7 +261,10 @@ def compare(
         df = None
         ss = float(np.sum((x - x.mean()) ** 2) + np.sum((y - y.mean()) ** 2))
         sd = math.sqrt(ss / (len(x) + len(y) - 2))
-    zero_width = not se > 0.0
+    # Identical values leave only rounding noise (0.9 * 3 / 3 != 0.9): treat a standard error at float
+    # precision as zero, so no verdict rests on a zero-width interval.
+    magnitude = max(1.0, float(np.max(np.abs(x))), abs(ref))
+    zero_width = not se > 1e-12 * magnitude
 
     g = hedges_g(x, None if design == "constant" else y, constant=ref, paired=design == "paired", level=level)
     g_est, g_low, g_high = g if g is not None else (None, None, None)

@@ -61,8 +61,15 @@ def throttle_blocked(*, scope: str, ident: str) -> float | None:
     return period - (now % period) if count >= limit else None
 
 
-def client_ip(request: HttpRequest) -> str:
-    return request.META.get("REMOTE_ADDR") or "unknown"
+def client_ip(request: HttpRequest) -> str | None:
+    """The caller's address. Behind TRUSTED_PROXY_COUNT proxies, the address the outermost trusted proxy
+    saw (entries further left in X-Forwarded-For are client-supplied and could be forged)."""
+    proxies = getattr(settings, "TRUSTED_PROXY_COUNT", 0)
+    if proxies > 0:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
+        if len(forwarded) >= proxies:
+            return forwarded[-proxies]
+    return request.META.get("REMOTE_ADDR") or None  # None: no address (e.g. a test client's force_login)
 
 
 class ApiThrottle(BaseThrottle):
@@ -73,7 +80,7 @@ class ApiThrottle(BaseThrottle):
         if user is not None and user.is_authenticated:
             self.delay = throttle_hit(scope="api_user", ident=f"user:{user.pk}")
         else:
-            self.delay = throttle_hit(scope="api_anon", ident=client_ip(request))
+            self.delay = throttle_hit(scope="api_anon", ident=client_ip(request) or "unknown")
         return self.delay is None
 
     def wait(self) -> float | None:

@@ -32,6 +32,7 @@ if not SECRET_KEY:
     raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*" if DEBUG else "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "experiments.api.errors.csrf_failure"  # JSON under /api/ and /mlflow/
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -95,6 +96,10 @@ DATABASES = {
 # reports) and only pays back on analytic queries far larger than these: off unless DB_JIT=1.
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get("DB_JIT", "0") != "1":
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Same backend, but a new connection waits out a database restart (mlboard/db_backends/postgresql).
+    DATABASES["default"]["ENGINE"] = "mlboard.db_backends.postgresql"
+DB_CONNECT_RETRY_SECONDS = float(os.environ.get("DB_CONNECT_RETRY_SECONDS", "10"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "experiments.User"
 
@@ -191,6 +196,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "experiments.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["experiments.throttles.ApiThrottle"],
+    # JSON only: what the schema documents (no HTML browsable API answering ?format=api).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # The input rules of experiments/inputs.py on every body (NUL, surrogates, depth, number ranges).
     "DEFAULT_PARSER_CLASSES": [
         "experiments.api.parsers.JSONParser",
@@ -205,6 +212,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "experiments.api.errors.document_standard_errors",
+    ],
 }
 
 # mlflow's batch limits, mirrored so the compatible endpoint rejects what mlflow rejects.
@@ -262,7 +273,10 @@ AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_MINUTES", "15")) / 60  # 
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_IPWARE_PROXY_COUNT = int(os.environ.get("AXES_PROXY_COUNT", "0"))
+# Client address for lockouts and limits: REMOTE_ADDR, or behind N trusted proxies the N-th address
+# from the right of X-Forwarded-For (experiments/throttles.py: client_ip).
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+AXES_CLIENT_IP_CALLABLE = "experiments.throttles.client_ip"
 
 # Fixed-window request limits per minute (experiments/throttles.py), counted in the Django cache
 # (Redis when REDIS_URL is set). Generous: a training job logging every step stays far below them.
@@ -293,3 +307,29 @@ OUTBOUND_MAX_RESPONSE_BYTES = int(os.environ.get("OUTBOUND_MAX_RESPONSE_BYTES", 
 # Maturity: repeated runs (same configuration, other seeds) must agree within this relative
 # tolerance to count as reproduced; a team can set its own.
 MATURITY_REPRO_TOLERANCE = float(os.environ.get("MATURITY_REPRO_TOLERANCE", "0.02"))
+
+# --- Artifacts (MLflow artifact proxy: /mlflow/api/2.0/mlflow-artifacts/...) ---------------------
+# A local directory by default; S3-compatible object storage (AWS S3, MinIO, ...) when a bucket is set.
+ARTIFACT_ROOT = os.environ.get("ARTIFACT_ROOT", str(BASE_DIR / "artifacts"))
+ARTIFACT_S3_BUCKET = os.environ.get("ARTIFACT_S3_BUCKET", "")
+# Largest single artifact accepted (bytes); 0 means no limit.
+ARTIFACT_MAX_FILE_SIZE = int(os.environ.get("ARTIFACT_MAX_FILE_SIZE", str(20 * 1024**3)))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": (
+        {
+            "BACKEND": "experiments.storage.S3ArtifactStorage",
+            "OPTIONS": {
+                "bucket_name": ARTIFACT_S3_BUCKET,
+                "location": os.environ.get("ARTIFACT_S3_PREFIX", "").strip("/"),
+                "endpoint_url": os.environ.get("ARTIFACT_S3_ENDPOINT_URL") or None,
+                "region_name": os.environ.get("ARTIFACT_S3_REGION") or None,
+                "access_key": os.environ.get("ARTIFACT_S3_ACCESS_KEY_ID") or None,
+                "secret_key": os.environ.get("ARTIFACT_S3_SECRET_ACCESS_KEY") or None,
+            },
+        }
+        if ARTIFACT_S3_BUCKET
+        else {"BACKEND": "experiments.storage.LocalArtifactStorage", "OPTIONS": {"location": ARTIFACT_ROOT}}
+    ),
+}

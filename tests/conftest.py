@@ -15,8 +15,14 @@ from experiments.services.boards import board_create, membership_set, team_creat
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(scope="session")
+def _artifact_root(tmp_path_factory) -> str:
+    """Artifacts written by any test land here, never in the checkout's ./artifacts."""
+    return str(tmp_path_factory.mktemp("artifacts"))
+
+
 @pytest.fixture(autouse=True)
-def _fast_hashing(settings):
+def _fast_hashing(settings, _artifact_root):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CELERY_TASK_ALWAYS_EAGER = True
     # Request limits count in a cache that outlives a test (Redis in CI); tests of limits set their own.
@@ -25,6 +31,7 @@ def _fast_hashing(settings):
     settings.STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        "artifacts": {"BACKEND": "experiments.storage.LocalArtifactStorage", "OPTIONS": {"location": _artifact_root}},
     }
     from mlboard.celery import app
 

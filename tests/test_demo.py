@@ -84,3 +84,13 @@ def test_demo_maturity_times_the_same_decisions_as_velocity(demo):
     assert latency.sample == len(velocity.decision_hours) >= 5
     assert latency.sufficient and latency.value == pytest.approx(velocity.decision_median, abs=0.01)
     assert latency.value < 24  # decided at the next morning's standup
+
+
+def test_demo_has_standup_history_and_a_discussion(demo):
+    from experiments.models import Comment, Notification, NotificationKind, StandupDigest
+
+    digests = list(StandupDigest.objects.filter(team=demo, board=None).order_by("window_end"))
+    assert len(digests) == 3 and all(d.window_end < NOW for d in digests)
+    assert digests[-1].window_end.date() == (NOW - dt.timedelta(days=1)).date()
+    assert Comment.objects.filter(team=demo).count() == 2
+    assert Notification.objects.filter(user__username="alice", kind=NotificationKind.MENTION).count() == 1

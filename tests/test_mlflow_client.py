@@ -444,7 +444,8 @@ def test_wire_format_errors_and_limits(live_server, member_token, team):
         f"{live_server.url}/mlflow/api/2.0/mlflow-artifacts/artifacts/x",
         headers={"Authorization": f"Bearer {member_token}"}, timeout=30,
     )
-    assert artifacts.status_code == 501 and artifacts.json()["error_code"] == "NOT_IMPLEMENTED"
+    # Outside the token's team prefix (teams/<id>/): refused, as JSON.
+    assert artifacts.status_code == 403 and artifacts.json()["error_code"] == "PERMISSION_DENIED"
     ajax = requests.get(
         f"{live_server.url}/mlflow/ajax-api/2.0/mlflow/runs/get",
         params={"run_id": run_id}, headers={"Authorization": f"Bearer {member_token}"}, timeout=30,

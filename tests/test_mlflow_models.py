@@ -97,7 +97,9 @@ def test_logged_model_lifecycle_params_tags_metrics_and_outputs(client, team):
         tags={"team": "vision"}, model_type="classifier",
     )
     assert model.model_id.startswith("m-") and model.status == LoggedModelStatus.PENDING
-    assert model.artifact_location == f"mlflow-artifacts:/{experiment_id}/models/{model.model_id}/artifacts"
+    assert model.artifact_location == (
+        f"mlflow-artifacts:/teams/{team.pk}/{experiment_id}/models/{model.model_id}/artifacts"
+    )
     client.log_model_params(model.model_id, {"lr": "0.1"})
     client.set_logged_model_tags(model.model_id, {"stage": "cand", "drop": "x"})
     client.delete_logged_model_tag(model.model_id, "drop")

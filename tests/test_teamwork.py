@@ -21,8 +21,10 @@ from experiments.models import (
     CardKind,
     Column,
     EvidenceSnapshot,
+    LatestMetric,
     Notification,
     NotificationKind,
+    Param,
     Role,
     Run,
     RunStatus,
@@ -49,7 +51,14 @@ from experiments.services.notifications import (
     notifications_mark_read,
     preference_update,
 )
-from experiments.services.runs import MetricPoint, card_link_run, run_create, run_log_metrics, run_update
+from experiments.services.runs import (
+    MetricPoint,
+    card_link_run,
+    run_create,
+    run_delete,
+    run_log_metrics,
+    run_update,
+)
 from experiments.services.teams import membership_set_role, teamwork_settings_update
 from experiments.services.verdicts import verdict_decide, verdict_propose
 
@@ -107,6 +116,7 @@ def test_chart_payload_counts_finite_points(client_for, member, board):
                                      enumerate([math.nan, math.inf, -math.inf])])
     card_link_run(card=card, run=run, actor=None)
     body = client_for(member).get(f"/cards/{card.pk}/metrics.json?key=loss").json()
+    assert body["figure"]["data"][0]["y"] == [None, None, None]  # stored ±Inf is drawn as a gap
     assert body["meta"]["finite_points"] == 0 and body["meta"]["total_points"] == 3
 
 
@@ -216,7 +226,11 @@ def test_confirmed_verdict_moves_experiments_and_freezes_evidence(board, member)
     with pytest.raises(ValueError, match="immutable"):
         snapshot.save()
     assert evidence_snapshot_create(result=result, hypothesis=hyp, proposal=proposal, actor=member).pk == snapshot.pk
-    Run.objects.filter(pk__in=[r.pk for r in runs]).delete()
+    # A re-import rewrites the runs' values, then they are deleted: the frozen copy stays as it was.
+    LatestMetric.objects.filter(run__in=runs).update(value=0.99)
+    Param.objects.filter(run__in=runs).update(value="changed")
+    for run in runs:
+        run_delete(run=run)
     assert EvidenceSnapshot.objects.get(pk=snapshot.pk).data == data
     # The dead-ends view shows it with its snapshot.
     ends = dead_ends(board=board)
@@ -386,3 +400,52 @@ def test_search_finds_cards_runs_and_comments_of_own_teams_only(board, member, o
     assert search_everything(user=outsider, text="isotonic").runs[0].obj.pk == foreign.pk
     assert search_everything(user=member, text="i").total == 0
 
+
+
+def test_personal_webhook_gets_one_message_per_digest(board, member, manager, django_capture_on_commit_callbacks):
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        preference_update(user=manager, email=False, webhook_url=url, muted_kinds=[])
+        card = hypothesis_card(board, owner=manager)
+        comment_create(author=member, body="first", card=card)
+        comment_create(author=member, body="second @maya", card=card)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert notification_digest_send(user_id=manager.pk) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1
+    assert "2 updates" in received[0]["text"] and received[0]["text"].count(f"/cards/{card.pk}/") == 2
+
+
+def test_owner_hears_once_when_a_card_gets_stuck(board, team, manager):
+    from experiments.services.notifications import notify_stuck_cards
+
+    running = column(board, Stage.RUNNING)
+    card = card_create(board=board, kind="hypothesis", title="stalled", actor=manager, owner=manager, column=running)
+    from experiments.models import CardEvent
+
+    long_ago = timezone.now() - dt.timedelta(hours=team.stuck_after_hours + 2)
+    Card.objects.filter(pk=card.pk).update(started_at=long_ago, updated_at=long_ago)
+    CardEvent.objects.filter(card=card).update(created_at=long_ago)
+    assert notify_stuck_cards(team_id=team.pk) == 1
+    assert notify_stuck_cards(team_id=team.pk) == 0  # same stall, no repeat
+    n = Notification.objects.get(user=manager)
+    assert n.kind == NotificationKind.CARD_STUCK and n.card_id == card.pk

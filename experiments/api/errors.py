@@ -123,3 +123,45 @@ def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
         return JsonResponse({"error": {"code": "bad_request", "message": "Bad request."}}, status=400)
     return defaults.bad_request(request, exception)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: JSON under the APIs (send a token, or the CSRF header with a session)."""
+    if _is_api(request):
+        message = "CSRF check failed: send 'Authorization: Bearer <token>', or the X-CSRFToken header with a session."
+        if request.path.startswith("/mlflow/"):
+            return _mlflow_error("PERMISSION_DENIED", message, 403)
+        return JsonResponse({"error": {"code": "permission_denied", "message": message}}, status=403)
+    from django.views.csrf import csrf_failure as html_csrf_failure
+
+    return html_csrf_failure(request, reason)
+
+
+def _error_ref() -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+STANDARD_ERRORS = {
+    "400": "Invalid input or query parameters; `fields` says what is wrong.",
+    "401": "No or invalid credentials.",
+    "403": "Not allowed for your role (or a failed CSRF check with a session).",
+    "404": "No such object on your teams.",
+    "429": "Request limit reached; retry after the `Retry-After` seconds.",
+}
+
+
+def document_standard_errors(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every operation documents the error statuses any endpoint
+    can answer (400 where it takes input, 404 where it addresses an object), all in the Error shape."""
+    for path, operations in result.get("paths", {}).items():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            takes_input = bool(operation.get("parameters")) or "requestBody" in operation
+            for status, description in STANDARD_ERRORS.items():
+                if status == "400" and not takes_input:
+                    continue
+                if status == "404" and "{" not in path:
+                    continue
+                operation["responses"].setdefault(status, {"description": description, "content": _error_ref()})
+    return result

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('experiments', '0002_maturity'),
         ('experiments', '0002_mlmodels'),
-        ('experiments', '0002_outbound'),
+        ('experiments', '0003_outbound'),
         ('experiments', '0002_teamwork'),
         ('experiments', '0002_verdicts'),
     ]

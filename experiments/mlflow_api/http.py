@@ -147,7 +147,7 @@ def authenticate(request: HttpRequest) -> Caller:
             "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
             "(create one under Account → API tokens).",
         )
-    ip = client_ip(request)
+    ip = client_ip(request) or "unknown"
     wait = throttle_blocked(scope="auth_failure", ident=ip)
     if wait is not None:
         raise _too_many(wait, "Too many failed token logins from your address.")
@@ -299,27 +299,32 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                 caller = authenticate(request)
                 body = parse_body(request, max_bytes=max_bytes)
                 return json_response(handler(caller, body, **kwargs))
-            except MlflowApiError as exc:
-                return error_response(exc.code, exc.message, retry_after=exc.retry_after)
-            except IngestError as exc:
-                return error_response(exc.mlflow_code, exc.message)
-            except PermissionDeniedError as exc:
-                return error_response("PERMISSION_DENIED", exc.message)
-            except ConflictError as exc:
-                return error_response("RESOURCE_CONFLICT", exc.message)
-            except DomainError as exc:
-                return error_response("INVALID_PARAMETER_VALUE", exc.message)
-            except (DataError, OverflowError):
-                # The database refused a value (too long, out of range) that validation let through.
-                logger.warning("MLflow-compatible endpoint %s: value refused by the database", request.path)
-                return error_response(
-                    "INVALID_PARAMETER_VALUE", "A value in the request is too long or out of range for mlboard."
-                )
-            except Exception:
-                logger.exception("MLflow-compatible endpoint %s failed", request.path)
-                return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")
+            except Exception as exc:
+                return exception_response(request, exc)
 
         view.mlflow_methods = methods  # type: ignore[attr-defined]  # the fuzz tests read which methods to send
         return view
 
     return decorate
+
+
+def exception_response(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """Every failure of an MLflow endpoint as MLflow's error JSON (never an HTML page)."""
+    if isinstance(exc, MlflowApiError):
+        return error_response(exc.code, exc.message, retry_after=exc.retry_after)
+    if isinstance(exc, IngestError):
+        return error_response(exc.mlflow_code, exc.message)
+    if isinstance(exc, PermissionDeniedError):
+        return error_response("PERMISSION_DENIED", exc.message)
+    if isinstance(exc, ConflictError):
+        return error_response("RESOURCE_CONFLICT", exc.message)
+    if isinstance(exc, DomainError):
+        return error_response("INVALID_PARAMETER_VALUE", exc.message)
+    if isinstance(exc, DataError | OverflowError):
+        # The database refused a value (too long, out of range) that validation let through.
+        logger.warning("MLflow-compatible endpoint %s: value refused by the database", request.path)
+        return error_response(
+            "INVALID_PARAMETER_VALUE", "A value in the request is too long or out of range for mlboard."
+        )
+    logger.error("MLflow-compatible endpoint %s failed", request.path, exc_info=exc)
+    return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery, TextField
+from django.db.models import Exists, F, FilteredRelation, OuterRef, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
@@ -339,8 +339,13 @@ def order_runs(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> Quer
     for index, (entity, key, ascending) in enumerate(clauses):
         alias = f"_order{index}"
         if entity == "metric":
-            latest = LatestMetric.objects.filter(run=OuterRef("pk"), key=key, is_nan=False).values("value")[:1]
-            queryset = queryset.alias(**{alias: Subquery(latest)})
+            # A LEFT JOIN on the (run, key) unique index, not a correlated subquery per run.
+            relation = f"{alias}_metric"
+            queryset = queryset.alias(
+                **{relation: FilteredRelation(
+                    "latest_metrics", condition=Q(latest_metrics__key=key, latest_metrics__is_nan=False)
+                )}
+            ).alias(**{alias: F(f"{relation}__value")})
         elif entity == "param":
             value = Param.objects.filter(run=OuterRef("pk"), key=key).values("value")[:1]
             queryset = queryset.alias(**{alias: Subquery(value)})

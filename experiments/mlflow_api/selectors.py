@@ -12,6 +12,7 @@ from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
 
 from ..inputs import INT64_MAX, INT64_MIN
 from ..models import LatestMetric, Metric, Param, Run, RunDataset, RunModelIO, Team, TrackingExperiment
+from ..services.artifacts import experiment_artifact_location, run_artifact_uri
 from ..services.runs import ACTIVE, DEFAULT_EXPERIMENT_NAME, RUN_NAME_TAG, dt_to_ms
 from .http import invalid, json_number, not_found
 from .model_selectors import run_inputs_json, run_outputs_json
@@ -46,7 +47,7 @@ def experiment_json(experiment: TrackingExperiment) -> dict[str, Any]:
     data: dict[str, Any] = {
         "experiment_id": str(experiment.pk),
         "name": experiment.name,
-        "artifact_location": experiment.artifact_location,
+        "artifact_location": experiment_artifact_location(experiment),
         "lifecycle_stage": experiment.lifecycle_stage,
         "last_update_time": dt_to_ms(experiment.updated_at),
         "creation_time": dt_to_ms(experiment.created_at),
@@ -57,7 +58,7 @@ def experiment_json(experiment: TrackingExperiment) -> dict[str, Any]:
 
 
 def artifact_uri(run: Run) -> str:
-    return run.artifact_uri or f"mlflow-artifacts:/{run.experiment_id or 0}/{run.external_id}/artifacts"
+    return run_artifact_uri(run)
 
 
 def run_info_json(run: Run) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def experiment_by_id(*, team: Team, experiment_id: str) -> TrackingExperiment | 
     """None means the team's Default experiment (id '0'), which services create on first use."""
     if experiment_id in ("", DEFAULT_EXPERIMENT_ID):
         return None
-    if not experiment_id.isdigit():
+    if not experiment_id.isascii() or not experiment_id.isdigit() or len(experiment_id) > 18:
         raise invalid(f"Invalid experiment ID '{experiment_id}'. Experiment IDs are integers, e.g. '3'.")
     experiment = TrackingExperiment.objects.filter(team=team, pk=int(experiment_id)).first()
     if experiment is None:

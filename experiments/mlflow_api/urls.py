@@ -6,7 +6,7 @@ some tools call). Anything else under /mlflow/ answers MLflow's JSON errors, nev
 from django.urls import path, re_path
 
 from ..web import run_views
-from . import logged_models, registry, views
+from . import artifacts, logged_models, registry, views
 
 ROUTES = (
     ("experiments/create", views.experiments_create, "experiments-create"),
@@ -79,8 +79,19 @@ urlpatterns += [
     for prefix in ("api", "ajax-api")
     for route, view, name in ROUTES
 ]
+# Artifact proxy (mlflow server --serve-artifacts). (?s): a path with control characters still
+# reaches the handler and gets MLflow's "Invalid path", not a 404.
+_ARTIFACTS = r"^(?:api|ajax-api)/2\.0/mlflow-artifacts/"
 urlpatterns += [
-    re_path(r"^(?:api|ajax-api)/2\.0/mlflow-artifacts/", views.artifacts_unsupported, name="mlflow-artifacts"),
+    path("api/2.0/mlflow-artifacts/mpu/part", artifacts.mpu_part, name="mlflow-artifacts-mpu-part"),
+    re_path(_ARTIFACTS + r"artifacts/?$", artifacts.artifact, name="mlflow-artifacts-list"),
+    re_path(_ARTIFACTS + r"artifacts/(?s:(?P<artifact_path>.+))$", artifacts.artifact, name="mlflow-artifacts"),
+    re_path(_ARTIFACTS + r"mpu/part$", artifacts.mpu_part),
+    re_path(_ARTIFACTS + r"mpu/create(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_create),
+    re_path(_ARTIFACTS + r"mpu/complete(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_complete),
+    re_path(_ARTIFACTS + r"mpu/abort(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_abort),
+    re_path(_ARTIFACTS + r"presigned/(?s:(?P<artifact_path>.*))$", artifacts.presigned),
+    re_path(r"^(?:api|ajax-api)/3\.0/mlflow/server-info$", artifacts.server_info, name="mlflow-server-info"),
     # Tracing is not stored: MLflow's NOT_IMPLEMENTED, which the client reports as a warning.
     re_path(r"^(?:api|ajax-api)/\d+\.\d+/mlflow/traces", views.traces_unsupported, name="mlflow-traces"),
     re_path(r"^", views.endpoint_not_found, name="mlflow-not-found"),

@@ -402,15 +402,6 @@ def metrics_get_history(caller: Caller, body: Body) -> dict[str, Any]:
 
 
 @csrf_exempt
-def artifacts_unsupported(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    return error_response(
-        "NOT_IMPLEMENTED",
-        "mlboard tracks params, metrics and tags but does not store artifacts or models. "
-        "Keep artifacts in your own storage and record their location as a tag.",
-    )
-
-
-@csrf_exempt
 def traces_unsupported(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     return error_response(
         "NOT_IMPLEMENTED",
@@ -423,5 +414,5 @@ def endpoint_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpR
     return error_response(
         "ENDPOINT_NOT_FOUND",
         f"mlboard's MLflow-compatible API does not implement {request.method} {json.dumps(request.path)}; "
-        "it supports experiment and run tracking, datasets, logged models and the model registry.",
+        "it supports experiment and run tracking, artifacts, datasets, logged models and the model registry.",
     )

@@ -276,6 +276,7 @@ class VelocityRow:
     supported: int = 0
     refuted: int = 0
     inconclusive: int = 0
+    no_effect: int = 0  # equivalence shown: the effect is smaller than what matters
     experiments_completed: int = 0
     runs_finished: int = 0
     runs_failed: int = 0
@@ -284,7 +285,7 @@ class VelocityRow:
 
     @property
     def hypotheses_resolved(self) -> int:
-        return self.supported + self.refuted + self.inconclusive
+        return self.supported + self.refuted + self.inconclusive + self.no_effect
 
     @property
     def completion_rate(self) -> float | None:
@@ -508,7 +509,8 @@ def velocity_report(*, team: Team, params: ReportParams) -> VelocityReport:
             totals.carried_over = (totals.carried_over or 0) + (row.carried_over or 0)
         totals.committed_closed += row.committed_closed
         totals.open_iterations += row.open_iterations
-        for name in ("supported", "refuted", "inconclusive", "experiments_completed", "runs_finished", "runs_failed"):
+        for name in ("supported", "refuted", "inconclusive", "no_effect", "experiments_completed", "runs_finished",
+                     "runs_failed"):
             setattr(totals, name, getattr(totals, name) + getattr(row, name))
         totals.first_signal_hours.extend(row.first_signal_hours)
         totals.decision_hours.extend(row.decision_hours)

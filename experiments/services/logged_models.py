@@ -28,6 +28,7 @@ from ..models import (
     TrackingExperiment,
     User,
 )
+from .artifacts import experiment_artifact_location
 from .runs import (
     ACTIVE,
     DATA_VERSION_TAGS,
@@ -177,8 +178,8 @@ def _check_model_name(name: str) -> str:
 
 
 def logged_model_artifact_location(*, experiment: TrackingExperiment, model_id: str) -> str:
-    root = (experiment.artifact_location or f"mlflow-artifacts:/{experiment.pk}").rstrip("/")
-    return f"{root}/models/{model_id}/artifacts"
+    """MLflow's rule: <experiment artifact location>/models/<model id>/artifacts (team-scoped)."""
+    return f"{experiment_artifact_location(experiment).rstrip('/')}/models/{model_id}/artifacts"
 
 
 @transaction.atomic

@@ -20,11 +20,11 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -34,6 +34,8 @@ from .. import outbound
 from ..errors import DomainError
 from ..models import (
     TERMINAL_STATUSES,
+    ArtifactFile,
+    ImportedRunArtifacts,
     LatestMetric,
     MlflowSource,
     Param,
@@ -43,6 +45,7 @@ from ..models import (
     TrackingExperiment,
     User,
 )
+from . import artifacts
 from .runs import (
     IngestError,
     MetricPoint,
@@ -55,6 +58,9 @@ from .runs import (
 )
 
 API_PREFIX = "/api/2.0/mlflow"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+ARTIFACT_MAX_BYTES = 100 * 1024**3  # the storage's own limit (ARTIFACT_MAX_FILE_SIZE) applies too
+ARTIFACT_DEADLINE = 6 * 3600.0
 RUNS_PAGE_SIZE = 1000  # MLflow's default for runs/search
 HISTORY_PAGE_SIZE = 25000  # MLflow's largest get-history page
 EXPERIMENTS_PAGE_SIZE = 1000
@@ -121,7 +127,11 @@ class MlflowRestClient:
         self.http = outbound.OutboundClient(headers=headers, read_timeout=timeout)
 
     def _call(self, method: str, endpoint: str, *, params: dict | None = None, body: dict | None = None) -> dict:
-        url = f"{self.uri}{API_PREFIX}/{endpoint}"
+        return self._call_url(method, f"{self.uri}{API_PREFIX}/{endpoint}", params=params, body=body, what=endpoint)
+
+    def _call_url(self, method: str, url: str, *, params: dict | None = None, body: dict | None = None,
+                  what: str) -> dict:
+        endpoint = what
         try:
             response = self.http.request(method, url, params=params, json=body)
         except outbound.OutboundRefused as exc:
@@ -144,7 +154,7 @@ class MlflowRestClient:
             if response.status == 404 and not code:
                 raise MlflowImportError(
                     f"{self.uri} does not look like an MLflow tracking server "
-                    f"(HTTP 404 for {API_PREFIX}/{endpoint}). Check the tracking URI."
+                    f"(HTTP 404 for {urlsplit(url).path}). Check the tracking URI."
                 )
             error = MlflowImportError(
                 f"MLflow server error on {endpoint} ({outbound.status_text(response.status)}"
@@ -193,6 +203,29 @@ class MlflowRestClient:
             if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
+
+    def list_artifacts(self, path: str) -> list[dict]:
+        """One directory of the server's artifact proxy (`mlflow server --serve-artifacts`)."""
+        payload = self._call_url("GET", f"{self.uri}{ARTIFACTS_API}", params={"path": path}, what="artifact listing")
+        return [f for f in payload.get("files") or [] if isinstance(f, dict) and f.get("path")]
+
+    def download_artifact(self, path: str, sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
+        """Stream one file from the artifact proxy into `sink(chunks, length)`, never whole in memory."""
+        url = f"{self.uri}{ARTIFACTS_API}/{quote(path)}"
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise MlflowImportError(
+                        f"Artifact {path!r}: the server answered {outbound.status_text(response.status_code)}."
+                    )
+                declared = response.headers.get("Content-Length", "")
+                chunks = self.http.iter_body(response, max_bytes=ARTIFACT_MAX_BYTES, chunk_size=1 << 20,
+                                             deadline=ARTIFACT_DEADLINE)
+                return sink(chunks, int(declared) if declared.isdigit() else None)
+        except outbound.OutboundRefused as exc:
+            raise MlflowImportError(f"Calls to the MLflow server at {self.uri} are refused: {exc.message}") from None
+        except outbound.OutboundError as exc:
+            raise MlflowImportError(f"Cannot reach the MLflow server at {self.uri}: {exc.message}") from None
 
     def metric_history(self, run_id: str, key: str) -> Iterator[dict]:
         request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
@@ -399,6 +432,7 @@ def mlflow_source_sync_chunk(
                     continue
                 _sync_experiment(ctx, experiment)
                 summary.experiments += 1
+            _copy_artifacts(ctx)
         except _ChunkFull:
             return ChunkResult(done=False, summary=summary, pass_id=state["id"], seq=state["seq"])
     except MlflowImportError as exc:
@@ -695,14 +729,18 @@ def _sync_run(
                 source=ctx.label,
                 external_id=run_id,
             )
+            remote_root = _proxied_root(info)
+            # Artifacts behind the server's proxy are copied here, under the team's own space.
+            local_uri = f"{artifacts.SCHEME}:/{artifacts.team_prefix(ctx.team.pk)}/{experiment.pk}/{run_id}/artifacts"
             extra = {
-                "artifact_uri": str(info.get("artifact_uri") or "")[:1000],
+                "artifact_uri": local_uri if remote_root is not None else str(info.get("artifact_uri") or "")[:1000],
                 "lifecycle_stage": str(info.get("lifecycle_stage") or "active")[:10],
             }
             if not run.user_name and user_name:
                 extra["user_name"] = user_name[:150]
             Run.objects.filter(pk=run.pk).update(**extra)
             added = run_log_metrics(run=run, points=points)
+            _note_artifacts(ctx, run, info, status)
         ctx.summary.runs_created += 1
         ctx.summary.metric_points += added
         return "created"
@@ -725,12 +763,100 @@ def _sync_run(
             )
             changed = True
         added = run_log_metrics(run=run, points=points)
+        _note_artifacts(ctx, run, info, status)
     ctx.summary.metric_points += added
     if changed or added:
         ctx.summary.runs_updated += 1
         return "updated"
     ctx.summary.runs_unchanged += 1
     return "unchanged"
+
+
+# --- Artifacts ------------------------------------------------------------------------------------
+
+
+def _proxied_root(info: dict) -> str | None:
+    """The path on the server's artifact proxy for a run whose artifact URI is `mlflow-artifacts:`;
+    None for artifacts the client wrote elsewhere itself (s3://, file://, ...), which are not copied.
+    A host in the URI is ignored: only the source's own server is ever asked."""
+    uri = str(info.get("artifact_uri") or "")
+    if not uri.startswith(artifacts.SCHEME + ":"):
+        return None
+    path = urlsplit(uri).path.strip("/")
+    try:
+        return artifacts.clean_path(path)
+    except IngestError:
+        return None
+
+
+def _note_artifacts(ctx: _Context, run: Run, info: dict, status: str) -> None:
+    """A finished run's artifacts are copied once (the copy step of the pass does it)."""
+    root = _proxied_root(info)
+    if root is None or status not in TERMINAL_STATUSES:
+        return
+    ImportedRunArtifacts.objects.get_or_create(run=run, defaults={"source": ctx.source, "remote_root": root})
+
+
+def _copy_artifacts(ctx: _Context) -> None:
+    """Copy pending runs' artifacts, file by file, streamed; stops (resumably) when the chunk is full."""
+    pending = (
+        ImportedRunArtifacts.objects.filter(source=ctx.source, done_at__isnull=True)
+        .select_related("run").order_by("pk")
+    )
+    for copy in pending:
+        if ctx.chunk_full():
+            _save_state(ctx)
+            raise _ChunkFull
+        _copy_run_artifacts(ctx, copy)
+
+
+def _copy_run_artifacts(ctx: _Context, copy: ImportedRunArtifacts) -> None:
+    run = copy.run
+    local_root = artifacts.run_artifact_root(run)
+    if local_root is None:
+        ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), error="No local artifact root.")
+        return
+    have = dict(ArtifactFile.objects.filter(path__startswith=local_root + "/").values_list("path", "size"))
+    files = size = 0
+    directories = [""]
+    while directories:
+        relative = directories.pop()
+        for entry in ctx.client.list_artifacts(f"{copy.remote_root}/{relative}".rstrip("/")):
+            name = str(entry["path"]).rsplit("/", 1)[-1]
+            child = f"{relative}/{name}".strip("/")
+            try:
+                child = artifacts.clean_path(child)
+            except IngestError:
+                ctx.summary.problems.append(f"Run {run.external_id}: artifact {child!r} has an unsafe path; skipped.")
+                continue
+            if entry.get("is_dir"):
+                directories.append(child)
+                continue
+            key = f"{local_root}/{child}"
+            expected = _int(entry.get("file_size"))
+            if key in have and (expected is None or have[key] == expected):
+                files, size = files + 1, size + have[key]
+                continue  # copied before (an interrupted copy resumes here)
+            if ctx.chunk_full():
+                _save_state(ctx)
+                raise _ChunkFull
+            try:
+                stored = ctx.client.download_artifact(
+                    f"{copy.remote_root}/{child}",
+                    lambda chunks, length, key=key: artifacts.artifact_upload(
+                        team=ctx.team, key=key, chunks=chunks, length=length),
+                )
+            except IngestError as exc:
+                ctx.summary.problems.append(f"Run {run.external_id}: artifact {child!r}: {exc.message}")
+                continue
+            except MlflowImportError as exc:
+                if _is_fatal(exc) and "answered" not in exc.message:
+                    raise
+                ctx.summary.problems.append(f"Run {run.external_id}: {exc.message}")
+                continue
+            ctx.work += 1
+            files, size = files + 1, size + stored.size
+    ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), files=files, size=size, error="")
 
 
 @transaction.atomic

@@ -76,8 +76,12 @@ def preference_update(
     if unknown:
         raise DomainError(f"Unknown notification kind: {unknown[0]}.", field="muted_kinds")
     webhook_url = (webhook_url or "").strip()
-    if webhook_url and not webhook_url.startswith(("https://", "http://")):
-        raise DomainError("The webhook must be an http(s) URL.", field="webhook_url")
+    if webhook_url:
+        from .teams import _http_url_problem
+
+        problem = _http_url_problem(webhook_url, what="webhook", example="https://hooks.slack.com/services/…")
+        if problem:
+            raise DomainError(problem, field="webhook_url")
     pref = preference_for(user)
     pref.email = email
     pref.webhook_url = webhook_url
@@ -113,7 +117,12 @@ def notify(
         )
         if kind in (kinds or [])
     }
-    recipients = sorted(members - muted)
+    already = set(
+        Notification.objects.filter(user_id__in=members, dedupe_key=dedupe_key[:120]).values_list("user_id", flat=True)
+    )
+    recipients = sorted(members - muted - already)
+    if not recipients:
+        return 0
     rows = [
         Notification(
             user_id=uid, team_id=team_id, kind=kind, text=text[:300], dedupe_key=dedupe_key[:120],
@@ -121,10 +130,10 @@ def notify(
         )
         for uid in recipients
     ]
-    created = Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)  # a concurrent twin adds nothing
     for uid in recipients:
         digest_schedule(user_id=uid)
-    return len(created)
+    return len(rows)
 
 
 def notify_comment(*, comment: Comment, mentioned: Iterable[User]) -> None:
@@ -231,19 +240,11 @@ def notification_url(n: Notification) -> str:
 
 
 def _post_webhook(url: str, payload: dict[str, Any]) -> None:
-    """The one place personal webhooks leave the server. It goes through the guarded outbound client
-    (experiments/outbound.py) once that lands; until then a plain POST with a timeout."""
-    try:
-        from .. import outbound  # type: ignore[attr-defined]
-    except ImportError:
-        outbound = None
-    if outbound is not None and hasattr(outbound, "post_json"):
-        outbound.post_json(url, payload, timeout=WEBHOOK_TIMEOUT)
-        return
-    import requests
+    """Personal webhooks leave the server through the one guarded outbound client (no internal
+    addresses unless allow-listed, timeouts, 2xx required)."""
+    from .. import outbound
 
-    response = requests.post(url, json=payload, timeout=WEBHOOK_TIMEOUT)
-    response.raise_for_status()
+    outbound.post_json(url, payload, timeout=WEBHOOK_TIMEOUT)
 
 
 @transaction.atomic
@@ -281,10 +282,12 @@ def notification_digest_send(*, user_id: int) -> int:
         url = pref.webhook_url
 
         def post() -> None:
+            from ..outbound import OutboundError
+
             try:
                 _post_webhook(url, payload)
-            except Exception:  # a broken personal webhook must not lose the email or the in-app bell
-                log.warning("personal webhook for user %s failed", user_id, exc_info=True)
+            except OutboundError as exc:  # a broken personal webhook must not lose the email or the bell
+                log.warning("personal webhook for user %s failed: %s", user_id, exc.message)
 
         transaction.on_commit(post, robust=True)
     return len(unread)

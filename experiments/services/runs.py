@@ -261,6 +261,10 @@ def tracking_experiment_create(
     """Create a named experiment; a name already used by the team is RESOURCE_ALREADY_EXISTS."""
     name = _check_experiment_name(name)
     clean_tags = _clean_tags(tags or {})
+    if source == "mlboard" and artifact_location:
+        from .artifacts import artifact_location_check  # artifacts imports this module
+
+        artifact_location = artifact_location_check(team=team, location=artifact_location)
     try:
         with transaction.atomic():
             return TrackingExperiment.objects.create(
@@ -387,6 +391,10 @@ def run_create(
         created_at=created_at or timezone.now(),
     )
     _derive_fields(run, params={k: str(v) for k, v in (params or {}).items()})
+    if source == "mlboard":
+        from .artifacts import run_artifact_uri_for_new  # artifacts imports this module
+
+        run.artifact_uri = run_artifact_uri_for_new(team=team, experiment=experiment, run_id=run.external_id)
     run.save()
     if params:
         _log_params(run=run, params=params)

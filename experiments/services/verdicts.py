@@ -266,8 +266,10 @@ def _judge_p(comparison: st.Comparison, target: float) -> tuple[str, float]:
     return "undecided", p_good
 
 
-def verdict_evaluate(*, card: Card) -> Evaluation | None:
-    """Compute (without saving) the verdict a hypothesis's runs support; None if there is nothing to judge."""
+def verdict_evaluate(*, card: Card, unless_fingerprint: str | None = None) -> Evaluation | None:
+    """Compute (without saving) the verdict a hypothesis's runs support; None if there is nothing to judge.
+
+    With unless_fingerprint, the statistics are skipped when the inputs are unchanged (verdict None)."""
     if card.kind != CardKind.HYPOTHESIS or not card.metric_key or not card.direction:
         return None
     if card.threshold is None and card.min_delta is None:
@@ -310,6 +312,22 @@ def verdict_evaluate(*, card: Card) -> Evaluation | None:
             base_seeds.add(run.seed)
         run.value = value
         base_ok.append(run)
+
+    # The decision depends only on the confirmatory runs, the baseline and the plan: later runs leave
+    # the fingerprint unchanged (no re-decision), an amendment changes it (a new, exploratory proposal).
+    material = {
+        "used": [(run.id, run.value) for run in sample.used],
+        "excluded": [(e["run_id"], e["reason"]) for e in sample.excluded],
+        "baseline": [(run.id, run.value) for run in base_ok],
+        "typed": typed,
+        "plan": [metric, card.direction, card.threshold, card.min_delta, planned, card.analysis_test,
+                 card.analysis_scale, card.paired, card.equivalence_margin, card.smallest_effect,
+                 card.failures_count, card.max_failure_share],
+        "amendments": amendments,
+    }
+    fingerprint = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    if fingerprint == unless_fingerprint:
+        return Evaluation(verdict=None, stats={}, explanation="", fingerprint=fingerprint)
 
     criteria: list[_Criterion] = []
     notes: list[str] = []
@@ -525,19 +543,6 @@ def verdict_evaluate(*, card: Card) -> Evaluation | None:
         "amended_after_runs": amendment,
         "amendments": amendments,
     }
-    # The decision depends only on the confirmatory runs, the baseline and the plan: later runs leave
-    # the fingerprint unchanged (no re-decision), an amendment changes it (a new, exploratory proposal).
-    material = {
-        "used": [(run.id, run.value) for run in sample.used],
-        "excluded": [(e["run_id"], e["reason"]) for e in sample.excluded],
-        "baseline": [(run.id, run.value) for run in base_ok],
-        "typed": typed,
-        "plan": [metric, card.direction, card.threshold, card.min_delta, planned, card.analysis_test,
-                 card.analysis_scale, card.paired, card.equivalence_margin, card.smallest_effect,
-                 card.failures_count, card.max_failure_share],
-        "amendments": amendments,
-    }
-    fingerprint = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
     return Evaluation(verdict=verdict, stats=stats, explanation=explanation, fingerprint=fingerprint)
 
 
@@ -569,7 +574,8 @@ def verdict_propose(*, card: Card) -> VerdictProposal | None:
     """Evaluate a hypothesis and store a proposal; returns None when nothing new was proposed."""
     # Lock the hypothesis so two concurrent evaluations cannot both create a proposal.
     card = card_lock(card=card)
-    evaluation = verdict_evaluate(card=card)
+    last = VerdictProposal.objects.filter(card=card).order_by("-created_at", "-id").first()
+    evaluation = verdict_evaluate(card=card, unless_fingerprint=last.run_fingerprint if last else None)
     if evaluation is None:
         return None
     if not evaluation.ready:
@@ -578,7 +584,6 @@ def verdict_propose(*, card: Card) -> VerdictProposal | None:
             status=VerdictStatus.SUPERSEDED
         )
         return None
-    last = VerdictProposal.objects.filter(card=card).order_by("-created_at", "-id").first()
     if last is not None and last.run_fingerprint == evaluation.fingerprint:
         return None
     superseded = VerdictProposal.objects.filter(card=card, status=VerdictStatus.PROPOSED).update(

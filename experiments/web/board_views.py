@@ -27,13 +27,15 @@ from ..selectors.board import (
     SWIMLANES,
     BoardFilters,
     archived_cards,
+    board_card,
+    board_cell_cards,
     board_stamp,
     board_view,
-    card_queryset,
     card_quick_view,
     column_card_ids,
     column_totals,
 )
+from ..selectors.verdicts import sample_size_hint
 from ..services.boards import board_create, column_create, column_delete, column_update, columns_reorder
 from ..services.cards import card_create, card_flag, card_move, card_restore, card_update
 from .forms import CARD_FORMS, BoardForm, ColumnForm, apply_domain_error
@@ -128,6 +130,31 @@ def card_restore_view(request: HttpRequest, board_id: int, card_id: int) -> Http
     if card_restore(card=card, actor=request.user):
         messages.success(request, f"{card.key} is back on the board.")
     return redirect("board_archive", board.pk)
+
+
+@require_GET
+@board_endpoint
+def board_cell_cards_view(request: HttpRequest, board_id: int) -> HttpResponse:
+    """The next cards of one cell ("show more"), under the page's filters and swimlanes."""
+    board, membership = get_board_or_404(user=request.user, board_id=board_id)
+    filters = BoardFilters.from_params(request.GET)
+    column_id, offset = _int(request.GET.get("column")), _int(request.GET.get("offset"))
+    page = None
+    if column_id is not None and offset is not None:
+        page = board_cell_cards(
+            board=board, filters=filters, column_id=column_id, lane=request.GET.get("lane", "all"), offset=offset
+        )
+    if page is None:
+        return HttpResponse("That column is not on this board any more; reload the board.", status=404)
+    context = {
+        "board": board,
+        "page": page,
+        "lanes": filters.lanes,
+        "query": filters.querystring(),
+        "next_offset": page.offset + len(page.cards),
+        **_roles(membership),
+    }
+    return render(request, "board/_cell_cards.html", context)
 
 
 @require_GET
@@ -262,7 +289,7 @@ def card_flag_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
     card = card_flag(card=card, actor=request.user, flagged=flagged, reason=request.POST.get("reason", "").strip())
     if request.htmx:
         context = _quick_context(request, board, card, membership)
-        context["oob_card"] = card_queryset(board).get(pk=card.pk)
+        context["oob_card"] = board_card(board=board, card_id=card.pk)
         return render(request, "board/_quick_view.html", context)
     messages.success(request, f"{card.key} {'flagged' if flagged else 'unflagged'}.")
     return redirect("board", board_id=board.pk)
@@ -333,6 +360,7 @@ def card_edit_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
                     actor=request.user,
                     expected_version=form.cleaned_data["version"],
                     tags=form.cleaned_data["tags"],
+                    amendment_reason=form.cleaned_data.get("amendment_reason") or "",
                     **fields,
                 )
             except ConflictError as exc:
@@ -355,6 +383,7 @@ def card_edit_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
         "kind_label": card.get_kind_display(),
         "conflict": conflict,
         "next": _safe_next(request, ""),
+        "sample_size": sample_size_hint(card=card) if card.kind == CardKind.HYPOTHESIS else None,
     }
     return render(request, "board/card_form.html", context, status=status)
 

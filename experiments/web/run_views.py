@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -36,7 +35,9 @@ from ..models import (
     VerdictProposal,
 )
 from ..selectors import metrics as metric_selectors
+from ..selectors import registry as registry_selectors
 from ..selectors import runs as run_selectors
+from ..selectors import verdicts as verdict_selectors
 from ..services import runs as run_services
 
 PAGE_SIZE = 50
@@ -145,12 +146,15 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
     columns = list(chosen_cols or metric_keys[:DEFAULT_METRIC_COLUMNS])
 
     qs = run_selectors.runs_filtered(team=team, filters=filters)
-    paginator = Paginator(run_selectors.runs_prefetched(qs, metric_keys=columns), PAGE_SIZE)
-    page = paginator.get_page(request.GET.get("page"))
-    rows = run_selectors.runs_decorate(page.object_list, metric_keys=columns)
+    page = run_selectors.runs_page(
+        qs=run_selectors.runs_prefetched(qs, metric_keys=columns), sort=filters.sort,
+        after=request.GET.get("after"), size=PAGE_SIZE,
+    )
+    rows = run_selectors.runs_decorate(page.rows, metric_keys=columns)
     _decorate_durations(rows)
 
     base_query = request.GET.copy()
+    base_query.pop("after", None)
     base_query.pop("page", None)
     sort_query = base_query.copy()
     sort_query.pop("sort", None)
@@ -167,7 +171,6 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
         "filters": filters,
         "rows": rows,
         "page": page,
-        "paginator": paginator,
         "columns": columns,
         "metric_keys": metric_keys,
         "statuses": RunStatus.choices,
@@ -219,6 +222,15 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         {"team": run.team, "membership": membership, "run": run, "detail": detail, "charts": charts_list,
          **comments_context(request, run=run)},
     )
+
+
+@login_required
+@require_GET
+def models_page(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """The team's model registry: registered models, versions with their run and card, aliases."""
+    membership = get_membership_or_404(user=request.user, team_slug=team_slug)
+    models = registry_selectors.team_registered_models(team=membership.team)
+    return render(request, "models/list.html", {"team": membership.team, "membership": membership, "models": models})
 
 
 @require_GET
@@ -289,7 +301,7 @@ def _chart_response(
         points=sum(len(s.steps) for s in series),
         total_points=sum(s.total_points for s in series),
         downsampled=any(s.downsampled for s in series),
-        finite_points=sum(1 for s in series for v in s.values if v is not None),
+        finite_points=charts.finite_count(series),
     )
     return JsonResponse(payload)
 
@@ -437,7 +449,7 @@ def _criterion_text(card: Card) -> str:
         parts.append(f"improves on the baseline by at least {card.min_delta:g}")
     if not parts:
         parts.append(card.metric_key)
-    return f"{' and '.join(parts)} ({better} is better), over at least {card.min_runs} run(s)"
+    return f"{' and '.join(parts)} ({better} is better), decided on the first {card.min_runs} run(s)"
 
 
 STAT_LABELS = (
@@ -477,6 +489,18 @@ def _card_context(request: HttpRequest, card: Card, membership: Membership, **ex
     chart_list = [{"key": key, "src": f"{chart_base}?{urlencode({'key': key})}"} for key in page.metric_keys]
     proposal_stats = _proposal_stats(page.proposal)
     criteria = (page.proposal.stats or {}).get("criteria", {}) if page.proposal else {}
+    plan: dict[str, Any] = {}
+    if card.kind == CardKind.HYPOTHESIS:
+        shown = page.proposal or page.last_decision
+        plan = {
+            "progress": None if page.proposal else verdict_selectors.verdict_plan_progress(card=card),
+            "amendments": verdict_selectors.amendments_for_card(card=card),
+            "sample_size": verdict_selectors.sample_size_hint(card=card),
+            "details": verdict_selectors.verdict_detail_items(shown.stats if shown else None),
+            "excluded": (shown.stats or {}).get("excluded", []) if shown else [],
+            "later_runs": len((shown.stats or {}).get("later_run_ids", [])) if shown else 0,
+            "exploratory": bool((shown.stats or {}).get("exploratory")) if shown else False,
+        }
     return {
         "team": card.board.team,
         "membership": membership,
@@ -488,6 +512,7 @@ def _card_context(request: HttpRequest, card: Card, membership: Membership, **ex
         "criterion": _criterion_text(card) if card.kind == CardKind.HYPOTHESIS else "",
         "proposal_stats": proposal_stats,
         "proposal_criteria": sorted(criteria.items()),
+        "plan": plan,
         "verdict_choices": VerdictChoice.choices,
         "compare_url": reverse("run_compare", args=[card.board.team.slug]),
         **_teamwork_context(request, card),

@@ -22,6 +22,7 @@ from ..access import get_membership_or_404
 from ..errors import DomainError, PermissionDeniedError
 from ..models import Membership, MlflowSource, Role, Team
 from ..selectors.teams import team_memberships, team_mlflow_sources
+from ..services.invitations import invitation_create
 from ..services.teams import (
     ITERATION_DAYS_MAX,
     STUCK_AFTER_MAX_HOURS,
@@ -205,9 +206,14 @@ class MemberAddForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
 
+class InviteForm(forms.Form):
+    email = forms.EmailField(max_length=254, label="Email", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
 def _members_response(
     request: HttpRequest, membership: Membership, *, add_form: MemberAddForm | None = None,
-    row_error: tuple[int, str] | None = None, status: int = 200,
+    row_error: tuple[int, str] | None = None, status: int = 200, invite_form: InviteForm | None = None,
 ) -> HttpResponse:
     memberships = list(team_memberships(team_id=membership.team_id))
     managers = sum(1 for m in memberships if m.role == Role.MANAGER)
@@ -218,6 +224,7 @@ def _members_response(
         manager_count=managers,
         roles=Role.choices,
         add_form=add_form or MemberAddForm(),
+        invite_form=invite_form or InviteForm(prefix="invite"),
         row_error=row_error,
     )
     return render(request, "team/members.html", context, status=status)
@@ -243,6 +250,23 @@ def team_members(request: HttpRequest, membership: Membership) -> HttpResponse:
             )
             return redirect("team_members", team_slug=membership.team.slug)
     return _members_response(request, membership, add_form=form, status=400)
+
+
+@team_page
+@require_POST
+def team_member_invite(request: HttpRequest, membership: Membership) -> HttpResponse:
+    _ensure_manager(membership)
+    form = InviteForm(request.POST, prefix="invite")
+    if form.is_valid():
+        try:
+            invitation_create(team=membership.team, email=form.cleaned_data["email"],
+                              role=form.cleaned_data["role"], actor=request.user)
+        except DomainError as exc:
+            apply_domain_error(form, exc)
+        else:
+            messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+            return redirect("team_members", team_slug=membership.team.slug)
+    return _members_response(request, membership, invite_form=form, status=400)
 
 
 def _team_membership(membership: Membership, membership_id: int) -> Membership:

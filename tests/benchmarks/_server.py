@@ -89,8 +89,9 @@ print(json.dumps({"token": secret, "board": board.pk, "team": team.slug}))
 
 def env_for(database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL"}}
-    env.update(DATABASE_URL=database_url, DEBUG="1", LOG_LEVEL="WARNING", DJANGO_SETTINGS_MODULE="mlboard.settings",
-               CELERY_TASK_ALWAYS_EAGER="1", **extra)
+    env.update({"DATABASE_URL": database_url, "DEBUG": "1", "LOG_LEVEL": "WARNING",
+                "DJANGO_SETTINGS_MODULE": "mlboard.settings", "CELERY_TASK_ALWAYS_EAGER": "1",
+                "PYTHONWARNINGS": "ignore:No directory at", **extra})
     return env
 
 

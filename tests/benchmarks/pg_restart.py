@@ -1,8 +1,8 @@
 """What a PostgreSQL restart costs: gunicorn with persistent connections, clients on the board page while
 a PRIVATE PostgreSQL cluster (initdb into /tmp; never the shared server) restarts with `pg_ctl restart -m fast`.
 
-Counts failed requests during the restart and after it (stale persistent connections), with
-DB_CONN_HEALTH_CHECKS off and on.
+Counts failed requests after a restart while idle (stale persistent connections) and during/after a
+restart under traffic, with DB_CONN_HEALTH_CHECKS off and on, and with the connect retry.
 
     python tests/benchmarks/pg_restart.py [--port 18510] [--clients 4] [--workers 2]
 """
@@ -20,48 +20,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server import PrivatePostgres, gunicorn, login, seed
 
 
-def measure(db: PrivatePostgres, info: dict, *, health_checks: bool, clients: int, workers: int) -> dict:
-    records: list[tuple[float, bool, str]] = []
+def measure(db: PrivatePostgres, info: dict, *, health_checks: bool, retry: float, clients: int,
+            workers: int) -> dict:
+    records: list[tuple[float, float, bool, str]] = []
     lock = threading.Lock()
-    stop = threading.Event()
-    with gunicorn(db.url, workers=workers, DB_CONN_MAX_AGE="600",
+    stop, paused = threading.Event(), threading.Event()
+    with gunicorn(db.url, workers=workers, DB_CONN_MAX_AGE="600", DB_CONNECT_RETRY_SECONDS=str(retry),
                   DB_CONN_HEALTH_CHECKS="1" if health_checks else "0") as base:
         sessions = [login(base) for _ in range(clients)]
         url = f"{base}/boards/{info['board']}/"
 
         def client(session) -> None:
             while not stop.is_set():
+                if paused.is_set():
+                    time.sleep(0.05)
+                    continue
                 started = time.monotonic()
                 try:
-                    response = session.get(url, timeout=30)
+                    response = session.get(url, timeout=60)
                     ok, why = response.status_code == 200, str(response.status_code)
                 except Exception as exc:  # a broken connection counts as a failed request
                     ok, why = False, type(exc).__name__
                 with lock:
-                    records.append((started, ok, why))
+                    records.append((started, time.monotonic(), ok, why))
 
         threads = [threading.Thread(target=client, args=(s,)) for s in sessions]
         for t in threads:
             t.start()
         time.sleep(3)  # every worker holds a persistent connection by now
-        restart_started = time.monotonic()
-        restart_seconds = db.ctl("restart", "-m", "fast")
-        restart_done = time.monotonic()
-        time.sleep(5)
+        # 1. A restart while nobody is using the app: what do the next requests see?
+        paused.set()
+        time.sleep(1.5)
+        idle_restart = db.ctl("restart", "-m", "fast")
+        idle_done = time.monotonic()
+        paused.clear()
+        time.sleep(4)
+        # 2. A restart under traffic.
+        busy_started = time.monotonic()
+        busy_restart = db.ctl("restart", "-m", "fast")
+        busy_done = time.monotonic()
+        time.sleep(4)
         stop.set()
         for t in threads:
             t.join()
-    during = [r for r in records if restart_started <= r[0] < restart_done]
-    after = [r for r in records if r[0] >= restart_done]
+    after_idle = [r for r in records if idle_done <= r[0] < busy_started]
+    overlapping = [r for r in records if r[0] < busy_done and r[1] > busy_started]
+    after_busy = [r for r in records if r[0] >= busy_done]
+    failed = lambda rs: sum(not r[2] for r in rs)  # noqa: E731
     return {
-        "health_checks": health_checks,
-        "restart_s": round(restart_seconds, 2),
-        "requests": len(records),
-        "failed_during_restart": sum(not ok for _t, ok, _w in during),
-        "requests_during_restart": len(during),
-        "failed_after_restart": sum(not ok for _t, ok, _w in after),
-        "requests_after_restart": len(after),
-        "failure_kinds": sorted({w for _t, ok, w in records if not ok}),
+        "health_checks": health_checks, "connect_retry_s": retry,
+        "restart_s": round(max(idle_restart, busy_restart), 2),
+        "idle restart: failed/next requests": f"{failed(after_idle)}/{len(after_idle)}",
+        "busy restart: failed/overlapping": f"{failed(overlapping)}/{len(overlapping)}",
+        "busy restart: failed/after": f"{failed(after_busy)}/{len(after_busy)}",
+        "failure_kinds": sorted({r[3] for r in records if not r[2]}),
     }
 
 
@@ -76,8 +88,9 @@ def main() -> None:
         db.start()
         info = seed(db.url)
         print(f"private PostgreSQL on 127.0.0.1:{args.port}; gunicorn {args.workers} workers; {args.clients} clients")
-        for health_checks in (False, True):
-            print(measure(db, info, health_checks=health_checks, clients=args.clients, workers=args.workers))
+        for health_checks, retry in ((False, 0.0), (True, 0.0), (True, 10.0)):
+            print(measure(db, info, health_checks=health_checks, retry=retry, clients=args.clients,
+                          workers=args.workers), flush=True)
     finally:
         db.stop()
 
