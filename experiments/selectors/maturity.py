@@ -133,20 +133,34 @@ def _run_counts(runs: QuerySet[Run], weeks: _Weeks) -> None:
             setattr(tally, name, count)
 
 
-def reproduced_records(runs: QuerySet[Run]) -> list[tuple[mm.RunRecord, dt.datetime]]:
-    """Finished runs with code and data versions, as RunRecords with their window time (four queries).
+# Above this many ids, a subquery instead of a literal list (SQLite allows 32,766 parameters).
+MAX_LITERAL_IDS = 20_000
+
+
+def _run_ids(ids: list[int], runs: QuerySet[Run]) -> list[int] | QuerySet:
+    """The window's run ids as a literal list, so PostgreSQL probes the run_id indexes of params,
+    metrics and links for those runs rather than hash-joining whole tables (all of history)."""
+    return ids if len(ids) <= MAX_LITERAL_IDS else runs.values("pk")
+
+
+def reproduced_records(runs: QuerySet[Run]) -> tuple[list[tuple[mm.RunRecord, dt.datetime]], list[int]]:
+    """Finished runs with code and data versions, as RunRecords with their window time, and the ids
+    of all the window's runs (four queries).
 
     The seed param is not part of the configuration: it is what varies between repeats."""
-    versioned = runs.filter(status=RunStatus.FINISHED).exclude(code_version="").exclude(data_version="")
-    rows = list(versioned.values_list("pk", "code_version", "data_version", "seed", "at"))
-    ids = versioned.values("pk")
+    window = list(runs.values_list("pk", "status", "code_version", "data_version", "seed", "at"))
+    all_ids = [row[0] for row in window]
+    rows = [(pk, code, data, seed, at) for pk, status, code, data, seed, at in window
+            if status == RunStatus.FINISHED and code and data]
+    ids = _run_ids([row[0] for row in rows], runs.filter(status=RunStatus.FINISHED).exclude(code_version="")
+                   .exclude(data_version=""))
     params: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for run_id, key, value in Param.objects.filter(run__in=ids).exclude(key__in=SEED_KEYS).order_by().values_list(
+    for run_id, key, value in Param.objects.filter(run_id__in=ids).exclude(key__in=SEED_KEYS).order_by().values_list(
         "run_id", "key", "value"
     ):
         params[run_id].append((key, value))
     metrics: dict[int, dict[str, float]] = defaultdict(dict)
-    for run_id, key, value, is_nan in LatestMetric.objects.filter(run__in=ids).order_by().values_list(
+    for run_id, key, value, is_nan in LatestMetric.objects.filter(run_id__in=ids).order_by().values_list(
         "run_id", "key", "value", "is_nan"
     ):
         metrics[run_id][key] = math.nan if is_nan else value
@@ -154,43 +168,47 @@ def reproduced_records(runs: QuerySet[Run]) -> list[tuple[mm.RunRecord, dt.datet
     primary: dict[int, set[str]] = defaultdict(set)
     judged = Coalesce(NullIf("card__metric_key", Value("")), NullIf("card__parent__metric_key", Value("")))
     for run_id, key in (
-        CardRun.objects.filter(run__in=ids, is_baseline=False).annotate(judged=judged)
+        CardRun.objects.filter(run_id__in=ids, is_baseline=False).annotate(judged=judged)
         .filter(judged__isnull=False).order_by().values_list("run_id", "judged")
     ):
         primary[run_id].add(key)
-    return [
+    records = [
         (mm.RunRecord(run_id=pk, config=(code, data, tuple(sorted(params[pk]))), seed=seed,
                       metrics=metrics[pk], primary=frozenset(primary[pk])), at)
         for pk, code, data, seed, at in rows
     ]
+    return records, all_ids
 
 
-def _reproduced(runs: QuerySet[Run], weeks: _Weeks, tolerance: float) -> None:
-    records = reproduced_records(runs)
+def _reproduced(runs: QuerySet[Run], weeks: _Weeks, tolerance: float) -> list[int] | QuerySet:
+    """Reproduced runs per week; returns the window's run ids for the next reads."""
+    records, all_ids = reproduced_records(runs)
     agreeing = mm.reproduced_runs((r for r, _ in records), tolerance)
     for record, at in records:
         if record.run_id in agreeing:
             weeks.at(at).reproduced += 1
+    return _run_ids(all_ids, runs)
 
 
 def _hypothesis_team(team_id: int) -> QuerySet[Card]:
     return Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS)
 
 
-def _criteria_first(team_id: int, runs: QuerySet[Run], weeks: _Weeks, start: dt.datetime,
+def _criteria_first(team_id: int, run_ids: list[int] | QuerySet, weeks: _Weeks, start: dt.datetime,
                     end: dt.datetime) -> None:
     """Hypotheses by the week their first evidence run started: criteria set before it, never amended
     after it (two queries). Only hypotheses with an evidence run in the window can qualify, so
     the first-run subquery runs for those alone."""
-    in_window = CardRun.objects.filter(run__in=runs.values("pk"), is_baseline=False)
-    rows = list(
+    in_window = CardRun.objects.filter(run_id__in=run_ids, is_baseline=False)
+    candidates = (
         _hypothesis_team(team_id)
         .filter(Q(pk__in=in_window.values("card_id")) | Q(pk__in=in_window.values("card__parent_id")))
         .order_by()
         .annotate(first_run=first_evidence_start())
-        .filter(first_run__gt=start, first_run__lte=end)
         .values_list("pk", "criteria_set_at", "first_run")
     )
+    # Bounds checked here: filtering on the annotation in SQL would run its subquery twice more per card.
+    rows = [(pk, at, first) for pk, at, first in candidates if first is not None and start < first <= end]
     amended = _amended_after_first_run({pk: first for pk, _, first in rows})
     for pk, criteria_set_at, first_run in rows:
         tally = weeks.at(first_run)
@@ -245,8 +263,8 @@ def maturity_evidence(*, team: Team, as_of: dt.datetime | None = None,
     weeks = _Weeks(team.zone, start, end)
     runs = _window_runs(team, start, end)
     _run_counts(runs, weeks)
-    _reproduced(runs, weeks, repro_tolerance(team))
-    _criteria_first(team.pk, runs, weeks, start, end)
+    run_ids = _reproduced(runs, weeks, repro_tolerance(team))
+    _criteria_first(team.pk, run_ids, weeks, start, end)
     _baseline(team.pk, weeks, start, end)
     _decision_latency(team.pk, weeks, start, end)
     metrics = mm.window_metrics(weeks.tallies.values())
