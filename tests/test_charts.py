@@ -81,8 +81,9 @@ def test_parallel_coordinates_axes_for_differing_params_and_metrics():
     assert list(dims) == ["run", "lr", "optimizer", "val_auc", "loss"]  # identical 'depth' has no axis
     assert list(dims["run"].ticktext) == ["a", "b", "c"]
     assert list(dims["lr"].values) == [0.01, 0.1, 0.1] and dims["lr"].ticktext is None  # numeric axis
-    assert list(dims["optimizer"].ticktext) == ["adam", "sgd"]  # categorical axis
-    assert list(dims["optimizer"].values) == [0, 1, None]
+    # Categorical axis; run c has no optimizer and sits on a labelled 'missing' tick, not off the axis.
+    assert list(dims["optimizer"].ticktext) == ["— missing", "adam", "sgd"]
+    assert list(dims["optimizer"].values) == [1, 2, 0]
     assert list(trace.line.color) == [0.3, 0.2, 0.1] and trace.line.colorbar.title.text == "loss"
 
 

@@ -56,7 +56,7 @@ def test_production_refuses_to_start_without_secret_key():
 def test_docker_compose_defines_the_whole_stack():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"web", "worker", "beat", "redis", "postgres"}
+    assert set(services) == {"web", "worker", "beat", "redis", "postgres", "minio", "minio-bucket"}
     assert "gunicorn" in services["web"]["command"]
     assert "worker" in services["worker"]["command"]
     assert "beat" in services["beat"]["command"]

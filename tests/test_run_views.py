@@ -28,8 +28,8 @@ METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # PostgreSQL asks the planner for a row estimate first (estimated counts at large sizes).
 RUNS_LIST_QUERIES = 10 + (connection.vendor == "postgresql")
 # 13 for the card, +5 teamwork (comments, mentions, watching, snapshot, similar hypotheses),
-# +5 verdict plan (progress (3), amendments, sample-size spread).
-CARD_PAGE_QUERIES = 23
+# +5 verdict plan (progress (3), amendments, sample-size spread), +1 artifacts (the runs' images).
+CARD_PAGE_QUERIES = 24
 CARD_CHART_QUERIES = 8
 
 
