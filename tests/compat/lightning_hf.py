@@ -58,8 +58,8 @@ class Tiny(L.LightningModule):
 torch.manual_seed(0)
 data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
 logger = MLFlowLogger(experiment_name="compat-lightning", tracking_uri="{uri}", log_model="all")
-trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[ModelCheckpoint(monitor="val_loss")],
-                    enable_progress_bar=False, accelerator="cpu")
+trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[ModelCheckpoint(dirpath="{out}", monitor="val_loss")],
+                    enable_progress_bar=False, accelerator="cpu", default_root_dir="{out}")
 trainer.fit(Tiny(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
 print("RUN", logger.run_id)
 """
@@ -136,7 +136,7 @@ def main() -> int:
     }
     ok = True
     for name, script in (
-        ("PyTorch Lightning MLFlowLogger(log_model='all')", LIGHTNING.format(uri=uri)),
+        ("PyTorch Lightning MLFlowLogger(log_model='all')", LIGHTNING.format(uri=uri, out=work / "pl")),
         ("HuggingFace Trainer, HF_MLFLOW_LOG_ARTIFACTS=1", HUGGINGFACE.format(out=work / "hf")),
     ):
         result = run_script(python, textwrap.dedent(script), env=env, timeout=1800)
