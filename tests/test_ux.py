@@ -72,6 +72,7 @@ def test_nav_highlights_the_current_section(client_for, manager, team, board):
         reverse("board", args=[board.pk]): "Boards",
         reverse("card_detail", args=[card.pk]): "Boards",
         reverse("runs", args=[team.slug]): "Runs",
+        reverse("models", args=[team.slug]): "Models",
         reverse("standup", args=[team.slug]): "Standup",
         reverse("standup_history", args=[team.slug]): "Standup",
         reverse("velocity", args=[team.slug]): "Velocity",
@@ -133,7 +134,7 @@ def test_phone_width_pages_do_not_scroll_sideways(page, login, live_server, mana
         widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert widths[0] <= widths[1], (url, widths)
         # Every section link stays reachable (the nav row scrolls on its own if it must).
-        assert page.locator(".topnav a").count() == 6
+        assert page.locator(".topnav a").count() == 7
 
 
 @pytest.mark.django_db

@@ -98,7 +98,6 @@ def logged_model_json(model: LoggedModel) -> dict[str, Any]:
         "last_updated_timestamp_ms": dt_to_ms(model.updated_at),
         "artifact_uri": model.artifact_location,
         "status": model.status,
-        "lifecycle_stage": model.lifecycle_stage,
     }
     if model.model_type:
         info["model_type"] = model.model_type

@@ -27,7 +27,7 @@ from django.core.management import call_command
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.core.wsgi import get_wsgi_application
 
-from experiments.models import LoggedModel, Run, User
+from experiments.models import ArtifactFile, LoggedModel, Run, User
 from experiments.services.boards import membership_set, team_create
 from experiments.services.tokens import token_create
 from tests.client_venv import ensure_venv, run_script
@@ -58,8 +58,8 @@ class Tiny(L.LightningModule):
 torch.manual_seed(0)
 data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
 logger = MLFlowLogger(experiment_name="compat-lightning", tracking_uri="{uri}", log_model="all")
-trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[ModelCheckpoint(monitor="val_loss")],
-                    enable_progress_bar=False, accelerator="cpu")
+trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[ModelCheckpoint(dirpath="{out}", monitor="val_loss")],
+                    enable_progress_bar=False, accelerator="cpu", default_root_dir="{out}")
 trainer.fit(Tiny(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
 print("RUN", logger.run_id)
 """
@@ -104,10 +104,15 @@ def report(name: str, output: str, code: int) -> bool:
     run = Run.objects.get(external_id=run_id)
     metrics = sorted(run.latest_metrics.values_list("key", flat=True))
     points = run.metrics.count()
-    models = LoggedModel.objects.filter(source_run=run).count()
+    models = LoggedModel.objects.filter(source_run=run)
+    files = ArtifactFile.objects.filter(run=run).count()
+    model_files = sum(
+        ArtifactFile.objects.filter(path__contains=f"/models/{m.model_id}/artifacts/").count() for m in models
+    )
     warnings = [line for line in output.splitlines() if "WARNING" in line and "mlflow" in line.lower()]
     print(f"   run {run_id} status {run.status}; {len(metrics)} metric keys, {points} points: {', '.join(metrics)}")
-    print(f"   params {run.params.count()}; logged models {models}; mlflow warnings {len(warnings)}")
+    print(f"   params {run.params.count()}; run artifact files {files}; logged models {models.count()} "
+          f"with {model_files} files; mlflow warnings {len(warnings)}")
     for line in warnings[:10]:
         print(f"   ! {line}")
     return run.status == "FINISHED" and points > 0
@@ -131,7 +136,7 @@ def main() -> int:
     }
     ok = True
     for name, script in (
-        ("PyTorch Lightning MLFlowLogger(log_model='all')", LIGHTNING.format(uri=uri)),
+        ("PyTorch Lightning MLFlowLogger(log_model='all')", LIGHTNING.format(uri=uri, out=work / "pl")),
         ("HuggingFace Trainer, HF_MLFLOW_LOG_ARTIFACTS=1", HUGGINGFACE.format(out=work / "hf")),
     ):
         result = run_script(python, textwrap.dedent(script), env=env, timeout=1800)
