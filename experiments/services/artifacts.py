@@ -193,6 +193,8 @@ def _storage_errors(exc: Exception) -> IngestError:
 
 def artifact_upload(*, team: Team, key: str, chunks: Iterable[bytes], length: int | None = None) -> ArtifactFile:
     """Stream `chunks` into storage at `key` (a value of artifact_key) and index it."""
+    if key.count("/") < 2:
+        raise invalid_path("a file cannot take the place of the team's directory")
     limit = max_file_size()
     if limit is not None and length is not None and length > limit:
         raise too_large(limit)
@@ -204,7 +206,10 @@ def artifact_upload(*, team: Team, key: str, chunks: Iterable[bytes], length: in
 
 
 def artifact_delete(*, team: Team, key: str) -> int:
-    """Delete the file at `key` or everything under it; returns how many files went."""
+    """Delete the file at `key` or everything under it; returns how many files went. Not above a
+    run's (or logged model's) directory: one call never wipes a whole experiment or team."""
+    if key.count("/") < 3:
+        raise invalid_path("delete within a run's artifacts: teams/<team>/<experiment>/<run>/...")
     storage = artifact_storage()
     rows = list(ArtifactFile.objects.filter(team=team).filter(Q(path=key) | Q(path__startswith=key.rstrip("/") + "/")))
     try:
