@@ -315,6 +315,8 @@ def main() -> int:
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the big file, MB")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server (median reported)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="mlboard: gunicorn gthread workers with N threads "
+                        "(docker-compose runs 8); 0 = sync workers")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--sqlite", action="store_true", help="mlboard on SQLite instead of PostgreSQL")
     parser.add_argument("--work-dir", default=None, help="where test data and both artifact stores go")
@@ -344,6 +346,8 @@ def main() -> int:
                 str(Path(sys.executable).parent / "gunicorn"), "mlboard.wsgi", "-b", f"{HOST}:{port}",
                 "-w", str(args.workers), "--timeout", "600", "--log-level", "warning",
             ]
+            if args.threads:
+                gunicorn += ["--worker-class", "gthread", "--threads", str(args.threads)]
             proc = stack.enter_context(server(gunicorn, env=env, cwd=ROOT, probe=f"http://{HOST}:{port}/accounts/login/",
                                               log=work / "mlboard.log"))
             auth = {"MLFLOW_TRACKING_TOKEN": token}
@@ -381,7 +385,8 @@ def main() -> int:
 
     print()
     print(f"Workload: {args.files} files x {args.file_mb:g} MB, one {args.big_mb} MB file; {args.workers} server "
-          f"workers each; mlboard on {'SQLite' if args.sqlite else 'PostgreSQL'}; "
+          f"workers each (mlboard: {f'gthread x {args.threads}' if args.threads else 'sync'}); "
+          f"mlboard on {'SQLite' if args.sqlite else 'PostgreSQL'}; "
           f"mlflow client {__import__('mlflow').__version__}; {args.rounds} alternating rounds, medians")
     columns = ["small upload MB/s", "small download MB/s", "big upload MB/s", "big download MB/s"]
     print(f"{'server':<20} " + " ".join(f"{c:>20}" for c in columns) + f" {'RSS growth MB':>14} {'peak RSS MB':>12}")
