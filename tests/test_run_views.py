@@ -26,7 +26,7 @@ from experiments.services.runs import (
 METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # session + user + membership/team, then the page's own reads (see the selectors' docstrings).
 RUNS_LIST_QUERIES = 10
-CARD_PAGE_QUERIES = 13
+CARD_PAGE_QUERIES = 14  # + 1: the images the linked runs logged (artifacts)
 CARD_CHART_QUERIES = 6
 
 
