@@ -10,4 +10,4 @@ RUN SECRET_KEY=build DEBUG=0 python manage.py collectstatic --noinput
 RUN useradd --create-home mlboard
 USER mlboard
 EXPOSE 8000
-CMD ["gunicorn", "mlboard.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+CMD ["gunicorn", "mlboard.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--worker-class", "gthread", "--threads", "8", "--access-logfile", "-"]

@@ -128,21 +128,23 @@ class LocalArtifactStorage(FileSystemStorage):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def _write_temp(self, chunks: Iterable[bytes], directory: str) -> tuple[str, int, str]:
+    def _write_temp(self, chunks: Iterable[bytes], directory: str, *, etag: bool = False) -> tuple[str, int, str]:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=".part-")
-        md5 = hashlib.md5(usedforsecurity=False)
+        # Only multipart parts need an ETag; hashing every upload would cost CPU for nothing.
+        md5 = hashlib.md5(usedforsecurity=False) if etag else None
         size = 0
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
                     out.write(chunk)
-                    md5.update(chunk)
+                    if md5 is not None:
+                        md5.update(chunk)
                     size += len(chunk)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-        return temp, size, md5.hexdigest()
+        return temp, size, md5.hexdigest() if md5 is not None else ""
 
     def _place(self, temp: str, name: str) -> None:
         target = self.path(name)
@@ -206,7 +208,7 @@ class LocalArtifactStorage(FileSystemStorage):
         directory = self._upload_dir(upload_id)
         if not os.path.isdir(directory):
             raise FileNotFoundError(upload_id)
-        temp, _, etag = self._write_temp(chunks, directory)
+        temp, _, etag = self._write_temp(chunks, directory, etag=True)
         os.replace(temp, os.path.join(directory, f"{part_number:05d}"))
         return etag
 

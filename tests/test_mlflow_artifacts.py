@@ -463,6 +463,19 @@ def test_path_traversal_is_refused(cve, method, template, live_server, member_to
     assert not list(local_root.rglob("pwned.txt")) and not Path("/tmp/pwned.txt").exists()
 
 
+def test_whole_team_or_experiment_cannot_be_deleted_or_overwritten(live_server, member_token, team, local_root):
+    (local_root / _team_key(team)).mkdir(parents=True)
+    (local_root / _team_key(team) / "keep.txt").write_text("x")
+    for method, path in (
+        ("DELETE", f"artifacts/teams/{team.pk}"),
+        ("DELETE", f"artifacts/teams/{team.pk}/0"),
+        ("PUT", f"artifacts/teams/{team.pk}"),
+    ):
+        status, error = _raw(live_server, method, path, member_token, b"x" if method == "PUT" else None)
+        assert (status, error["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), (method, path)
+    assert (local_root / _team_key(team) / "keep.txt").exists()
+
+
 def test_multipart_file_name_from_the_client_is_checked_too(live_server, member_token, team, local_root):
     body = json.dumps({"path": "..", "num_parts": 1}).encode()
     status, error = _raw(live_server, "POST", f"mpu/create/{_team_key(team)}", member_token, body)

@@ -19,7 +19,9 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.core.exceptions import SuspiciousFileOperation
+from django.db import connection
 from django.db.models import Q
+from django.utils import timezone
 
 from ..models import ArtifactFile, Run, Team, TrackingExperiment
 from ..storage import StreamError, TooLarge, Truncated, artifact_storage
@@ -150,30 +152,30 @@ def basename(client_path: str) -> str:
     return posixpath.basename(client_path.replace("\\", "/"))
 
 
-def _run_for(team: Team, key: str) -> Run | None:
-    # .../<run id>/artifacts/...: the segment before the first "artifacts" past the team prefix.
+def _run_id_in(key: str) -> str | None:
+    """.../<run id>/artifacts/...: the segment before the first "artifacts" past the team prefix."""
     parts = key.split("/")
     for index in range(3, len(parts) - 1):
         if parts[index] == "artifacts":
-            return Run.objects.filter(team=team, external_id=parts[index - 1]).order_by("pk").first()
+            return parts[index - 1]
     return None
 
 
-def _index(*, team: Team, key: str, size: int) -> ArtifactFile:
-    row = ArtifactFile(
-        team=team,
-        run=_run_for(team, key),
-        path=key,
-        size=size,
-        content_type=(mimetypes.guess_type(key)[0] or "application/octet-stream")[:100],
-    )
-    ArtifactFile.objects.bulk_create(
-        [row],
-        update_conflicts=True,
-        unique_fields=["path"],
-        update_fields=["team", "run", "size", "content_type", "updated_at"],
-    )
-    return row
+def _index(*, team: Team, key: str, size: int) -> None:
+    """Upsert the index row, with the run looked up in the same statement (one round-trip per
+    upload: small files are dominated by per-request database work)."""
+    table, runs = ArtifactFile._meta.db_table, Run._meta.db_table
+    content_type = (mimetypes.guess_type(key)[0] or "application/octet-stream")[:100]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (team_id, run_id, path, size, content_type, updated_at) "
+            f"VALUES (%s, (SELECT id FROM {runs} WHERE team_id = %s AND external_id = %s ORDER BY id LIMIT 1), "
+            "%s, %s, %s, %s) "
+            "ON CONFLICT (path) DO UPDATE SET team_id = EXCLUDED.team_id, run_id = EXCLUDED.run_id, "
+            "size = EXCLUDED.size, content_type = EXCLUDED.content_type, updated_at = EXCLUDED.updated_at",
+            [team.pk, team.pk, _run_id_in(key), key, size, content_type,
+             connection.ops.adapt_datetimefield_value(timezone.now())],
+        )
 
 
 def _storage_errors(exc: Exception) -> IngestError:
@@ -191,8 +193,10 @@ def _storage_errors(exc: Exception) -> IngestError:
 # --- Single uploads and deletes ----------------------------------------------------------------
 
 
-def artifact_upload(*, team: Team, key: str, chunks: Iterable[bytes], length: int | None = None) -> ArtifactFile:
-    """Stream `chunks` into storage at `key` (a value of artifact_key) and index it."""
+def artifact_upload(*, team: Team, key: str, chunks: Iterable[bytes], length: int | None = None) -> int:
+    """Stream `chunks` into storage at `key` (a value of artifact_key) and index it; returns the size."""
+    if key.count("/") < 2:
+        raise invalid_path("a file cannot take the place of the team's directory")
     limit = max_file_size()
     if limit is not None and length is not None and length > limit:
         raise too_large(limit)
@@ -200,11 +204,15 @@ def artifact_upload(*, team: Team, key: str, chunks: Iterable[bytes], length: in
         size = artifact_storage().save_stream(key, chunks, limit=limit)
     except (StreamError, SuspiciousFileOperation, OSError) as exc:
         raise _storage_errors(exc) from None
-    return _index(team=team, key=key, size=size)
+    _index(team=team, key=key, size=size)
+    return size
 
 
 def artifact_delete(*, team: Team, key: str) -> int:
-    """Delete the file at `key` or everything under it; returns how many files went."""
+    """Delete the file at `key` or everything under it; returns how many files went. Not above a
+    run's (or logged model's) directory: one call never wipes a whole experiment or team."""
+    if key.count("/") < 3:
+        raise invalid_path("delete within a run's artifacts: teams/<team>/<experiment>/<run>/...")
     storage = artifact_storage()
     rows = list(ArtifactFile.objects.filter(team=team).filter(Q(path=key) | Q(path__startswith=key.rstrip("/") + "/")))
     try:
@@ -272,7 +280,7 @@ def artifact_mpu_part(*, token: str, chunks: Iterable[bytes], length: int | None
         raise _storage_errors(exc) from None
 
 
-def artifact_mpu_complete(*, team: Team, key: str, handle: str, parts: list[tuple[int, str]]) -> ArtifactFile:
+def artifact_mpu_complete(*, team: Team, key: str, handle: str, parts: list[tuple[int, str]]) -> int:
     upload_id = _unhandle(team=team, key=key, handle=handle)
     if not parts:
         raise IngestError("Missing value for required parameter 'parts'.")
@@ -287,7 +295,8 @@ def artifact_mpu_complete(*, team: Team, key: str, handle: str, parts: list[tupl
     if limit is not None and size > limit:
         storage.delete(key)
         raise too_large(limit)
-    return _index(team=team, key=key, size=size)
+    _index(team=team, key=key, size=size)
+    return size
 
 
 def artifact_mpu_abort(*, team: Team, key: str, handle: str) -> None:

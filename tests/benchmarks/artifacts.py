@@ -11,9 +11,11 @@ growth of one worker over its RSS just before the transfer.
 
     .venv/bin/python tests/benchmarks/artifacts.py [--files 200] [--file-mb 1] [--big-mb 1024] [--rounds 3]
 
-Both servers: 2 worker processes on 127.0.0.1, SQLite backend store, artifacts on local disk
-under one temporary directory. Full mlflow in its own venv (it pins gunicorn<27), by default
-/tmp/mlflow-venv (`python3 -m venv /tmp/mlflow-venv && /tmp/mlflow-venv/bin/pip install mlflow==3.17.2`),
+Both servers: 2 worker processes on 127.0.0.1, artifacts on local disk under one temporary
+directory; mlboard on PostgreSQL (127.0.0.1:5432, user postgres; --sqlite for a SQLite file), mlflow
+on SQLite (its artifact requests never touch its backend store). Full mlflow in its own venv
+(it pins gunicorn<27), by default /tmp/mlflow-venv
+(`python3 -m venv /tmp/mlflow-venv && /tmp/mlflow-venv/bin/pip install mlflow==3.17.2`),
 or MLFLOW_BIN=...; --skip-mlflow measures mlboard alone.
 """
 
@@ -40,6 +42,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_BIN = Path(os.environ.get("MLFLOW_BIN", "/tmp/mlflow-venv/bin/mlflow"))
 HOST = "127.0.0.1"
+PG = "postgres://postgres@127.0.0.1:5432"
 SAMPLE_SECONDS = 0.02
 
 
@@ -276,10 +279,23 @@ print(token_create(user=user, name="bench", team=team)[1])
 """
 
 
-def mlboard_env(work: Path) -> dict[str, str]:
+def mlboard_database(work: Path, sqlite: bool) -> str:
+    """A fresh PostgreSQL database (production's backend), or a SQLite file with --sqlite."""
+    if sqlite:
+        return f"sqlite:///{work / 'mlboard.sqlite3'}"
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "mlboard_artifacts_bench" WITH (FORCE)')
+        conn.execute('CREATE DATABASE "mlboard_artifacts_bench"')
+    return f"{PG}/mlboard_artifacts_bench"
+
+
+def mlboard_env(work: Path, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ARTIFACT_"))}
     env.update(
-        DATABASE_URL=f"sqlite:///{work / 'mlboard.sqlite3'}",
+        DATABASE_URL=database_url,
+        DB_CONN_MAX_AGE="600",
         DJANGO_SETTINGS_MODULE="mlboard.settings",
         DEBUG="0",
         SECRET_KEY="bench-only-secret",
@@ -299,7 +315,10 @@ def main() -> int:
     parser.add_argument("--big-mb", type=int, default=1024, help="size of the big file, MB")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server (median reported)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="mlboard: gunicorn gthread workers with N threads "
+                        "(docker-compose runs 8); 0 = sync workers")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--sqlite", action="store_true", help="mlboard on SQLite instead of PostgreSQL")
     parser.add_argument("--work-dir", default=None, help="where test data and both artifact stores go")
     args = parser.parse_args()
     if args.files * args.file_mb > 4096 or args.big_mb > 4096:
@@ -317,7 +336,7 @@ def main() -> int:
     targets: list[Target] = []
     try:
         with ExitStack() as stack:
-            env = mlboard_env(work)
+            env = mlboard_env(work, mlboard_database(work, args.sqlite))
             token = subprocess.run(
                 [sys.executable, "-c", SETUP_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                 timeout=300, check=True,
@@ -327,6 +346,8 @@ def main() -> int:
                 str(Path(sys.executable).parent / "gunicorn"), "mlboard.wsgi", "-b", f"{HOST}:{port}",
                 "-w", str(args.workers), "--timeout", "600", "--log-level", "warning",
             ]
+            if args.threads:
+                gunicorn += ["--worker-class", "gthread", "--threads", str(args.threads)]
             proc = stack.enter_context(server(gunicorn, env=env, cwd=ROOT, probe=f"http://{HOST}:{port}/accounts/login/",
                                               log=work / "mlboard.log"))
             auth = {"MLFLOW_TRACKING_TOKEN": token}
@@ -364,7 +385,9 @@ def main() -> int:
 
     print()
     print(f"Workload: {args.files} files x {args.file_mb:g} MB, one {args.big_mb} MB file; {args.workers} server "
-          f"workers each; mlflow client {__import__('mlflow').__version__}; {args.rounds} alternating rounds, medians")
+          f"workers each (mlboard: {f'gthread x {args.threads}' if args.threads else 'sync'}); "
+          f"mlboard on {'SQLite' if args.sqlite else 'PostgreSQL'}; "
+          f"mlflow client {__import__('mlflow').__version__}; {args.rounds} alternating rounds, medians")
     columns = ["small upload MB/s", "small download MB/s", "big upload MB/s", "big download MB/s"]
     print(f"{'server':<20} " + " ".join(f"{c:>20}" for c in columns) + f" {'RSS growth MB':>14} {'peak RSS MB':>12}")
     ok = True
