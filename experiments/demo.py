@@ -37,11 +37,19 @@ from .models import (
 )
 from .selectors.standup import window_start_before
 from .services.boards import board_create, membership_set, team_create
-from .services.cards import card_add_note, card_create, card_move
+from .services.cards import card_add_note, card_create, card_move, card_update
 from .services.comments import comment_create
 from .services.iterations import iteration_close, iteration_commit_card, iteration_create, iteration_start
 from .services.purge import team_purge
-from .services.runs import MetricPoint, run_create, run_log_batch, run_update, tracking_experiment_get_or_create
+from .services.runs import (
+    MetricPoint,
+    card_link_run,
+    run_create,
+    run_log_batch,
+    run_log_metrics,
+    run_update,
+    tracking_experiment_get_or_create,
+)
 from .services.standup import standup_digest_build
 from .services.verdicts import verdict_decide
 
@@ -85,6 +93,10 @@ class Story:
     finish: bool = True
     steps: int = 120
     note: str = ""
+    # Verdicts: seed-matched baseline runs (a paired comparison), and a criterion amended after the
+    # first run started (field, new value, reason), which makes that verdict exploratory.
+    paired_baseline: bool = False
+    amend: tuple[str, float, str] | None = None
 
 
 STORIES = [
@@ -94,7 +106,8 @@ STORIES = [
           note="GBM is the new baseline: 0.826 AUC."),
     Story(12, "CHURN", "bob", "Tenure bucketing improves calibration",
           "Bucketing tenure into 6 bins raises val AUC by 0.005 over the GBM baseline.", 0.8342, seeds=4,
-          min_delta=0.005, baseline=0.826, tags=["features"], params={"model": "lightgbm", "tenure_bins": "6"}),
+          min_delta=0.005, baseline=0.826, tags=["features"], params={"model": "lightgbm", "tenure_bins": "6"},
+          paired_baseline=True),
     Story(10, "CHURN", "carol", "Usage trend features add signal",
           "30-day usage slope features reach val AUC 0.84.", 0.829, threshold=0.84, baseline=0.826,
           tags=["features", "usage"], params={"model": "lightgbm", "usage_trend": "30d"},
@@ -107,7 +120,8 @@ STORIES = [
           baseline=0.41, tags=["ltr"], params={"model": "lambdamart", "trees": "200"}),
     Story(5, "CHURN", "alice", "Target encoding of plan type",
           "Target-encoded plan type reaches val AUC 0.835.", 0.8385, seeds=4, threshold=0.835, baseline=0.834,
-          tags=["features"], params={"model": "lightgbm", "plan_encoding": "target"}),
+          tags=["features"], params={"model": "lightgbm", "plan_encoding": "target"},
+          amend=("threshold", 0.836, "The GBM baseline moved to 0.834; 0.835 is no longer a real gain.")),
     Story(3, "RANK", "carol", "Query-length features help long queries",
           "Adding query length lifts NDCG@10 by 0.01.", 0.452, metric="ndcg_at_10", min_delta=0.01,
           baseline=0.447, tags=["ltr", "features"], params={"model": "lambdamart", "query_len": "true"}),
@@ -172,7 +186,8 @@ def _write_cards(story: Story, board: Board, owner: User, when: dt.datetime) -> 
             board=board, kind=CardKind.HYPOTHESIS, title=story.title, actor=owner, owner=owner, tags=story.tags,
             statement=story.statement, rationale="From error analysis of the current baseline.",
             metric_key=story.metric, direction=story.direction, threshold=story.threshold,
-            min_delta=story.min_delta, min_runs=3,
+            min_delta=story.min_delta, min_runs=story.seeds - (1 if story.fail_one else 0),
+            smallest_effect=story.min_delta or 0.005,
         )
         exp = card_create(
             board=board, kind=CardKind.EXPERIMENT, title=f"{story.title}: {story.seeds} seeds", actor=owner,
@@ -191,6 +206,22 @@ def _train(story: Story, *, team: Team, exp: Card, users: dict[str, User], rng: 
     commit = f"{rng.getrandbits(40):010x}"
     trainers = [users[story.owner], users["bob"] if story.owner != "bob" else users["carol"]]
     started: list[tuple[Run, dt.datetime]] = []
+    # Per-seed component: runs sharing a seed (same init and data order) score alike.
+    seed_effects = [rng.gauss(0, 0.0012) for _ in range(story.seeds)]
+    if story.paired_baseline and story.baseline is not None:
+        for seed in range(story.seeds):
+            at = start - dt.timedelta(hours=3) + dt.timedelta(minutes=seed)
+            with clock(at):
+                base = run_create(
+                    team=team, user=trainers[0], experiment=tracking, name=f"{exp.key.lower()}-baseline-seed{seed}",
+                    start_time=at, end_time=at + dt.timedelta(hours=2), status="FINISHED",
+                    params={"model": story.params["model"], "seed": str(seed)},
+                )
+                run_log_metrics(run=base, points=[
+                    MetricPoint(story.metric, story.baseline + seed_effects[seed] + rng.gauss(0, 0.0005), step=1,
+                                timestamp=int(at.timestamp() * 1000)),
+                ])
+                card_link_run(card=exp, run=base, actor=trainers[0], is_baseline=True)
     # Seeds train side by side, so all start before any finishes (as on a real cluster).
     for seed in range(story.seeds):
         begin = start + dt.timedelta(minutes=5 * seed)
@@ -206,10 +237,17 @@ def _train(story: Story, *, team: Team, exp: Card, users: dict[str, User], rng: 
                     "mlboard.trigger": Trigger.SCHEDULED if seed % 2 == 0 else Trigger.MANUAL,
                 },
             )
-        final = story.final + rng.gauss(0, 0.0015)
+        final = story.final + (seed_effects[seed] + rng.gauss(0, 0.0005) if story.paired_baseline
+                               else rng.gauss(0, 0.0015))
         _log_curves(run, rng, story=story, final=final, started=begin)
         demo_artifacts_log(run=run, score=final)
         started.append((run, begin))
+    if story.amend is not None:
+        field_name, value, reason = story.amend
+        hyp = exp.parent
+        with clock(start + dt.timedelta(minutes=30)):
+            card_update(card=hyp, actor=users[story.owner], expected_version=None, amendment_reason=reason,
+                        **{field_name: value})
     if not story.finish:
         return
     ends = []

@@ -293,3 +293,27 @@ def test_card_page_shows_progress_then_the_full_verdict(board, member, client_fo
                  "smallest_effect"):
         assert text in body, text
     assert reverse("run_detail", args=[failed.pk]) in body
+
+
+def test_amendment_lists_are_constant_queries(board, team, member, django_assert_num_queries):
+    from experiments.selectors.verdicts import amendments_for_card
+
+    card = hypothesis(board)
+    run_on(card, 0.9, seed=1, status=RunStatus.RUNNING)
+
+    def amend_times(count, start):
+        nonlocal card
+        for i in range(count):
+            card = card_update(card=card, actor=member, expected_version=None, threshold=0.5 + (start + i) / 100,
+                               amendment_reason=f"change {start + i}")
+
+    amend_times(2, 0)
+    with django_assert_num_queries(1):
+        rows = [(a.field, a.actor.label) for a in amendments_for_card(card=card)]
+    assert len(rows) == 2
+    amend_times(2, 2)
+    with django_assert_num_queries(1):
+        rows = [(a.field, a.actor.label, a.reason) for a in amendments_for_card(card=card)]
+    assert [r[2] for r in rows] == ["change 0", "change 1", "change 2", "change 3"]
+    with django_assert_num_queries(1):
+        assert hypotheses_amended_after_start(team=team) == {card.pk}

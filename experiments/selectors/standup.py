@@ -185,6 +185,14 @@ def proposal_stat_items(stats: dict | None) -> list[tuple[str, str]]:
         value = _num(stats.get(key))
         if value is not None:
             items.append((label, fmt_value(value, signed=signed)))
+    # The verdict's effect size, p-value, test and power (selectors.verdicts), as on the card.
+    from .verdicts import verdict_detail_items
+
+    shown = {"Effect", "Hedges' g", "p (one-sided)", "Test", "Power"}
+    items.extend((label.lower() if label != "Hedges' g" else label, value)
+                 for label, value in verdict_detail_items(stats) if label in shown)
+    if stats.get("exploratory"):
+        items.append(("exploratory", f"criterion amended after {stats.get('amended_after_runs')} runs"))
     return items
 
 

@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n=5 only, for a smoke run")
     parser.add_argument("--part", choices=("all", "null", "power"), default="all",
                         help="only the no-effect table or only the power table (to run them side by side)")
+    parser.add_argument("--only", choices=SETTINGS, help="one baseline setting only")
     args = parser.parse_args()
     env = setup()
     ns = (5,) if args.quick else (2, 3, 5, 10)
@@ -162,7 +163,7 @@ def main() -> None:
     print(f"False 'supported' under no effect: higher-is-better / lower-is-better, {args.sims} hypotheses each "
           "(target <= 5%, nominal 2.5%)")
     print(f"{'setting':<16} {'data':<10} " + " ".join(f"{'n=' + str(n):<13}" for n in ns))
-    for setting, dist in itertools.product(SETTINGS, ("normal", "lognormal")):
+    for setting, dist in itertools.product((args.only,) if args.only else SETTINGS, ("normal", "lognormal")):
         if not args.sims:
             break
         cells = []
