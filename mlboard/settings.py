@@ -158,12 +158,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["experiments.throttles.ApiThrottle"],
     # JSON only: what the schema documents (no HTML browsable API answering ?format=api).
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # The input rules of experiments/inputs.py on every body (NUL, surrogates, depth, number ranges).
-    "DEFAULT_PARSER_CLASSES": [
-        "experiments.api.parsers.JSONParser",
-        "experiments.api.parsers.FormParser",
-        "experiments.api.parsers.MultiPartParser",
-    ],
+    # JSON bodies only (forms cannot say null or nest), with the input rules of experiments/inputs.py
+    # (NUL, surrogates, depth, number ranges). A view that takes uploads sets its own parser_classes.
+    "DEFAULT_PARSER_CLASSES": ["experiments.api.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "mlboard API",
