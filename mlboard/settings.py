@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "experiments.middleware.HostileInputMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into the 429 lockout page
 ]
 
@@ -244,6 +245,7 @@ MLBOARD_THROTTLE_RATES = {
     "mlflow": os.environ.get("THROTTLE_MLFLOW", "12000/min"),
     "auth_failure": os.environ.get("THROTTLE_AUTH_FAILURES", "60/min"),
 }
+MLBOARD_THROTTLE_NAMESPACE = os.environ.get("THROTTLE_NAMESPACE", "")
 
 # plotly.js is served from the plotly package itself (no CDN, no copied file).
 import plotly as _plotly  # noqa: E402
