@@ -30,7 +30,9 @@ def _rate(scope: str) -> tuple[int, int] | None:
 
 
 def _key(scope: str, ident: str, period: int, now: float) -> str:
-    return f"throttle:{scope}:{ident}:{int(now // period)}"
+    # The namespace keeps two deployments (or test runs) that share one Redis from counting together.
+    namespace = getattr(settings, "MLBOARD_THROTTLE_NAMESPACE", "")
+    return f"throttle:{namespace}:{scope}:{ident}:{int(now // period)}"
 
 
 def throttle_hit(*, scope: str, ident: str) -> float | None:

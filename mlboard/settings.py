@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "experiments.middleware.HostileInputMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into the 429 lockout page
 ]
 
@@ -198,12 +199,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["experiments.throttles.ApiThrottle"],
     # JSON only: what the schema documents (no HTML browsable API answering ?format=api).
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # The input rules of experiments/inputs.py on every body (NUL, surrogates, depth, number ranges).
-    "DEFAULT_PARSER_CLASSES": [
-        "experiments.api.parsers.JSONParser",
-        "experiments.api.parsers.FormParser",
-        "experiments.api.parsers.MultiPartParser",
-    ],
+    # JSON bodies only (forms cannot say null or nest), with the input rules of experiments/inputs.py
+    # (NUL, surrogates, depth, number ranges). A view that takes uploads sets its own parser_classes.
+    "DEFAULT_PARSER_CLASSES": ["experiments.api.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "mlboard API",
@@ -286,6 +285,7 @@ MLBOARD_THROTTLE_RATES = {
     "mlflow": os.environ.get("THROTTLE_MLFLOW", "12000/min"),
     "auth_failure": os.environ.get("THROTTLE_AUTH_FAILURES", "60/min"),
 }
+MLBOARD_THROTTLE_NAMESPACE = os.environ.get("THROTTLE_NAMESPACE", "")
 
 # plotly.js is served from the plotly package itself (no CDN, no copied file).
 import plotly as _plotly  # noqa: E402

@@ -4,6 +4,7 @@ and on token guessing, and password reset by email."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from django.core import mail
@@ -14,6 +15,12 @@ from experiments.services.tokens import token_create
 from .conftest import PASSWORD
 
 MLFLOW = "/mlflow/api/2.0/mlflow"
+
+
+@pytest.fixture(autouse=True)
+def _own_counters(settings):
+    # Counters live in the shared cache (Redis in CI) and ids repeat across runs: count in a fresh namespace.
+    settings.MLBOARD_THROTTLE_NAMESPACE = uuid.uuid4().hex
 
 
 def _login(client: Client, url: str, username: str, password: str):

@@ -172,3 +172,12 @@ def test_unknown_api_paths_and_errors_are_json_not_html(client, api):
     for url in ("/api/nope/", "/mlflow/nope", "/mlflow/api/2.0/mlflow/nope"):
         response = client.get(url)
         assert response.status_code == 404 and response["Content-Type"].startswith("application/json"), url
+
+
+def test_nul_in_web_query_strings_and_forms_is_400_not_500(client, member, board):
+    client.force_login(member)
+    search = client.get(f"/boards/{board.pk}/", {"q": "a\x00b"})
+    assert search.status_code == 400 and b"NUL" in search.content
+    form = client.post(f"/boards/{board.pk}/cards/new/hypothesis/", {"title": "x\x00"})
+    assert form.status_code == 400
+    assert client.get(f"/boards/{board.pk}/", {"q": "fine"}).status_code == 200

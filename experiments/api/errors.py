@@ -150,9 +150,49 @@ STANDARD_ERRORS = {
 }
 
 
+def _strict_components() -> dict[str, Any]:
+    """Component name -> serializer class for the input serializers that refuse unknown fields."""
+    from .serializers import StrictSerializer
+
+    found: dict[str, Any] = {}
+    stack = list(StrictSerializer.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        name = cls.__name__.removesuffix("Serializer")
+        found[name] = cls
+        found[f"{name}Request"] = cls
+        found[f"Patched{name}"] = cls  # PATCH bodies (partial)
+    return found
+
+
+def _tighten_inputs(components: dict[str, Any]) -> None:
+    """Say in the schema what StrictSerializer enforces: no unknown fields, no empty required collections,
+    and (via `schema_min_properties`) bodies that must name at least one field."""
+    from rest_framework import serializers
+
+    for name, cls in _strict_components().items():
+        component = components.get(name)
+        if not component or component.get("type") != "object":
+            continue
+        component["additionalProperties"] = False
+        if getattr(cls, "schema_min_properties", 0):
+            component["minProperties"] = cls.schema_min_properties
+        for field_name, field in cls().fields.items():
+            prop = component.get("properties", {}).get(field_name)
+            if prop is None or getattr(field, "allow_empty", True):
+                continue
+            if isinstance(field, serializers.DictField):
+                prop["minProperties"] = 1
+            elif isinstance(field, serializers.ListSerializer | serializers.ListField):
+                prop["minItems"] = 1
+
+
 def document_standard_errors(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: every operation documents the error statuses any endpoint
-    can answer (400 where it takes input, 404 where it addresses an object), all in the Error shape."""
+    can answer (400 where it takes input, 404 where it addresses an object), all in the Error shape;
+    input components say what the strict serializers enforce."""
+    _tighten_inputs(result.get("components", {}).get("schemas", {}))
     for path, operations in result.get("paths", {}).items():
         for operation in operations.values():
             if not isinstance(operation, dict) or "responses" not in operation:

@@ -560,6 +560,7 @@ class RunCreateSerializer(StrictSerializer):
 
 
 class RunUpdateSerializer(StrictSerializer):
+    schema_min_properties = 1  # validate() refuses an empty body
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False, error_messages=_STATUS_ERRORS)
     end_time = serializers.DateTimeField(required=False)
     name = serializers.CharField(required=False, allow_blank=True, max_length=250)

@@ -24,5 +24,5 @@ urlpatterns = [
         reports.MaturitySnapshotsView.as_view(),
         name="api-report-maturity-snapshots",
     ),
-    re_path(r"^(?P<path>.*)$", views.not_found, name="api-not-found"),
+    re_path(r"^(?P<path>(?s:.*))$", views.not_found, name="api-not-found"),  # (?s): paths with newlines too
 ]

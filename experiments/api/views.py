@@ -73,21 +73,33 @@ ERR_409 = OpenApiResponse(ErrorSerializer, description="Stale `version`: reload 
 WRITE_ERRORS = {400: ERR_400, 403: ERR_403, 404: ERR_404}
 
 
+MAX_OFFSET = 10**18 - 1
+
+
 class StrictLimitOffset(LimitOffsetPagination):
     """limit and offset as documented (one non-negative integer each), or a 400 naming the parameter;
     DRF's default silently ignores malformed values."""
 
-    def _strict(self, request: Request, name: str, minimum: int) -> None:
+    def _strict(self, request: Request, name: str, minimum: int, maximum: int) -> None:
         values = request.query_params.getlist(name)
         if not values:
             return
         value = values[0]
-        if len(values) > 1 or not value.isascii() or not value.isdigit() or int(value) < minimum or len(value) > 18:
-            raise serializers.ValidationError({name: [f"Must be one integer of at least {minimum}."]})
+        if (len(values) > 1 or not value.isascii() or not value.isdigit() or len(value) > 18
+                or not minimum <= int(value) <= maximum):
+            raise serializers.ValidationError({name: [f"Must be one integer from {minimum} to {maximum}."]})
+
+    def get_schema_operation_parameters(self, view) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        bounds = {self.limit_query_param: {"minimum": 1, "maximum": self.max_limit},
+                  self.offset_query_param: {"minimum": 0, "maximum": MAX_OFFSET}}
+        for parameter in parameters:
+            parameter["schema"].update(bounds.get(parameter["name"], {}))
+        return parameters
 
     def paginate_queryset(self, queryset, request, view=None):
-        self._strict(request, self.limit_query_param, 1)
-        self._strict(request, self.offset_query_param, 0)
+        self._strict(request, self.limit_query_param, 1, self.max_limit)
+        self._strict(request, self.offset_query_param, 0, MAX_OFFSET)
         return super().paginate_queryset(queryset, request, view)
 
 
