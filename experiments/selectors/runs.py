@@ -181,10 +181,12 @@ METRIC_KEY_SAMPLE_RUNS = 2_000
 
 def team_metric_keys(*, team: Team, limit: int = 50) -> list[str]:
     """Metric keys of the team's recent runs, most widely logged first (one query)."""
-    recent = (
+    # Two queries: as an IN (subquery) the planner hashes every latest metric instead of probing
+    # the (run, key) index for the sampled runs.
+    recent = list(
         Run.objects.filter(team=team)
         .order_by(F("start_time").desc(nulls_last=True), "-id")
-        .values("pk")[:METRIC_KEY_SAMPLE_RUNS]
+        .values_list("pk", flat=True)[:METRIC_KEY_SAMPLE_RUNS]
     )
     rows = (
         LatestMetric.objects.filter(run_id__in=recent)
@@ -297,6 +299,21 @@ def _decode_token(token: str) -> dict[str, Any] | None:
     return data
 
 
+def _metric_sorted_rows(qs: QuerySet[Run], sort: str, limit: int) -> list[Run]:
+    """Rows of a metric-sorted list in two steps: runs with the metric, read in value order off the
+    (key, value, run) index (plain DESC/ASC so the index order matches; they have no NULLs), then,
+    when the page reaches past them, the runs without it."""
+    descending = sort.startswith("-")
+    value, pk = F("sort_value"), F("id")
+    with_metric = qs.filter(sort_value__isnull=False).order_by(
+        *((value.desc(), pk.desc()) if descending else (value.asc(), pk.asc()))
+    )
+    rows = list(with_metric[:limit])
+    if len(rows) < limit:
+        rows += list(qs.filter(sort_value__isnull=True)[: limit - len(rows)])
+    return rows
+
+
 def runs_page(*, qs: QuerySet[Run], sort: str, after: str | None, size: int) -> RunPage:
     """One page of an ordered runs queryset, keyset-paginated: `after` is the previous page's
     next_token (the last row's sort value and id), so page 1,000 costs what page 1 does; an
@@ -310,7 +327,10 @@ def runs_page(*, qs: QuerySet[Run], sort: str, after: str | None, size: int) -> 
             number = max(1, data["n"])
         except (TypeError, ValueError):
             number = 1
-    rows = list(qs[: size + 1])
+    if sort.lstrip("-").startswith(METRIC_SORT_PREFIX) and (data is None or data.get("v") is not None):
+        rows = _metric_sorted_rows(qs, sort, size + 1)
+    else:
+        rows = list(qs[: size + 1])
     next_token = None
     if len(rows) > size:
         rows = rows[:size]

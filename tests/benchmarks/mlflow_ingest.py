@@ -35,6 +35,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgres://postgres@127.0.0.1:5432"
+# Several people may run this on one PostgreSQL server: BENCH_DB_PREFIX keeps their databases apart.
+DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "")
 MLFLOW_BIN = Path(os.environ.get("MLFLOW_BIN", str(ROOT / ".mlflow-venv/bin/mlflow")))
 HOST = "127.0.0.1"
 DEADLINE_SECONDS = 900  # hard stop for the whole benchmark
@@ -133,6 +135,42 @@ def count_mlboard_points(database_url: str) -> int:
 def count_mlflow_points(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
         return conn.execute("SELECT count(*) FROM metrics").fetchone()[0]
+
+
+# --- preloaded history (--preload) -----------------------------------------------------------------
+
+
+def preload(target, points: int) -> None:
+    """Fill the server's metric table with `points` points of one filler run (generate_series in the
+    database: far faster than the API), so ingest is measured against a table that already holds them."""
+    session = requests.Session()
+    session.headers.update(target.headers)
+    api = f"{target.base}/api/2.0/mlflow"
+    experiment_id = session.post(f"{api}/experiments/create", json={"name": "filler"}, timeout=REQUEST_TIMEOUT)
+    experiment_id.raise_for_status()
+    run = session.post(f"{api}/runs/create", json={"experiment_id": experiment_id.json()["experiment_id"]},
+                       timeout=REQUEST_TIMEOUT)
+    run.raise_for_status()
+    run_id = run.json()["run"]["info"]["run_id"]
+    with psycopg.connect(target.database_url, autocommit=True) as conn:
+        if target.count is count_mlboard_points:
+            conn.execute(
+                "INSERT INTO experiments_metric (run_id, key, value, is_nan, step, timestamp) "
+                "SELECT (SELECT id FROM experiments_run WHERE external_id = %s), 'filler_' || (g %% 10), random(), "
+                "false, g, 1700000000000 + g FROM generate_series(1, %s) g", [run_id, points])
+            table = "experiments_metric"
+        else:
+            conn.execute(
+                "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                "SELECT 'filler_' || (g %% 10), random(), 1700000000000 + g, %s, g, false "
+                "FROM generate_series(1, %s) g", [run_id, points])
+            table = "metrics"
+        conn.execute(f"VACUUM ANALYZE {table}")
+        heap, indexes = conn.execute(
+            "SELECT pg_size_pretty(pg_table_size(%s::regclass)), pg_size_pretty(pg_indexes_size(%s::regclass))",
+            [table, table],
+        ).fetchone()
+    print(f"{target.name}: preloaded {points:,} points; {table} {heap} heap, {indexes} indexes", flush=True)
 
 
 # --- workload ----------------------------------------------------------------------------------
@@ -261,6 +299,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server (median reported)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (both servers)")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--preload", type=int, default=0, help="points stored before the timed rounds")
     args = parser.parse_args()
     if not 1 <= args.batch_size <= 1000 or args.runs * args.batches * args.rounds > 10_000:
         parser.error("batch size must be 1..1000 and runs*batches*rounds at most 10000")
@@ -271,7 +310,7 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="mlflow-ingest-bench-"))
     targets: list[Target] = []
     with ExitStack() as stack:
-        mlboard_db = recreate_database("mlboard_ingest_bench")
+        mlboard_db = recreate_database(f"{DB_PREFIX}mlboard_ingest_bench")
         token = prepare_mlboard(mlboard_db)
         port = free_port()
         gunicorn = [
@@ -283,7 +322,7 @@ def main() -> int:
         targets.append(Target("mlboard (gunicorn)", f"http://{HOST}:{port}/mlflow",
                               {"Authorization": f"Bearer {token}"}, mlboard_db, count_mlboard_points))
         if not args.skip_mlflow:
-            mlflow_db = recreate_database("mlflow_ingest_bench")
+            mlflow_db = recreate_database(f"{DB_PREFIX}mlflow_ingest_bench")
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DJANGO_", "DATABASE_URL"))}
             env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
@@ -297,6 +336,8 @@ def main() -> int:
             stack.enter_context(server(cmd, env=env, cwd=logs, probe=f"http://{HOST}:{port}/health",
                                        log=logs / "mlflow.log"))
             targets.append(Target("mlflow server", f"http://{HOST}:{port}", {}, mlflow_db, count_mlflow_points))
+        for target in targets if args.preload else ():
+            preload(target, args.preload)
         # Alternate servers round by round so background load on the machine hits both alike.
         for round_number in range(args.rounds):
             for target in targets:
@@ -307,6 +348,7 @@ def main() -> int:
 
     per_round = args.runs * args.batches * args.batch_size
     expected = args.rounds * (per_round + args.runs * WARMUP_BATCHES * args.batch_size)  # timed + warm-up
+    expected += args.preload
     print()
     print(f"Workload per round: {args.runs} runs x {args.batches} log-batch requests x {args.batch_size} points "
           f"({args.keys} metric keys); {args.runs} client threads; {args.workers} server workers each; "
