@@ -27,7 +27,7 @@ from ..models import (
     Team,
     VerdictChoice,
 )
-from ..services.runs import SEED_KEYS
+from ..services.runs import FLOAT_MAX, SEED_KEYS
 
 MAX_LEADERBOARD_RUNS = 5000
 MAX_EFFECT_PARAMS = 8
@@ -36,10 +36,11 @@ MAX_EFFECT_VALUES = 12
 
 @dataclass
 class BoardRow:
-    run: Run
+    run_id: int
     value: float
     cards: list[Card]
     params: dict[str, str]
+    run: Run | None = None  # loaded for the best rows only
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _group(rows: Sequence[BoardRow], keys: Sequence[str], direction: str) -> lis
         groups.append(GroupRow(
             values=values, n=len(numbers), mean=stats.mean(numbers),
             std=stats.sample_std(numbers) if len(numbers) > 1 else None, best=pick(numbers),
-            run_ids=[m.run.pk for m in members],
+            run_ids=[m.run_id for m in members],
         ))
     groups.sort(key=lambda g: g.mean, reverse=direction == Direction.MAXIMIZE)
     return groups
@@ -108,25 +109,32 @@ def _is_number(text: str) -> bool:
 def team_leaderboard(
     *, team: Team, metric: str, direction: str | None = None, group_by: Iterable[str] = (), limit: int = 20
 ) -> Leaderboard:
-    """Three queries: the metric's final values, the runs' params, the best runs' cards."""
+    """Four queries: the metric's final values, the runs' params, the best runs and their cards. Only
+    the best runs are loaded as objects; grouping works on (run id, value, params)."""
     direction = direction if direction in Direction.values else metric_direction(team=team, metric=metric)
     order = "-value" if direction == Direction.MAXIMIZE else "value"
-    latest = list(
-        LatestMetric.objects.filter(run__team=team, run__lifecycle_stage="active", key=metric, is_nan=False)
-        .select_related("run")
-        .order_by(order, "run_id")[:MAX_LEADERBOARD_RUNS]
-    )
-    latest = [lm for lm in latest if math.isfinite(lm.value)]
-    ids = [lm.run_id for lm in latest]
+    latest = [
+        (run_id, value)
+        for run_id, value in LatestMetric.objects.filter(
+            run__team=team, run__lifecycle_stage="active", key=metric, is_nan=False
+        ).order_by(order, "run_id").values_list("run_id", "value")[:MAX_LEADERBOARD_RUNS]
+        if math.isfinite(value) and abs(value) < FLOAT_MAX
+    ]
+    ids = [run_id for run_id, _ in latest]
     params: dict[int, dict[str, str]] = defaultdict(dict)
     for run_id, key, value in Param.objects.filter(run_id__in=ids).values_list("run_id", "key", "value"):
         params[run_id][key] = value
     top_ids = ids[:limit]
+    top_runs = {r.pk: r for r in Run.objects.filter(pk__in=top_ids).only(
+        "id", "name", "external_id", "status", "start_time", "team_id")}
     cards: dict[int, list[Card]] = defaultdict(list)
     for link in CardRun.objects.filter(run_id__in=top_ids).select_related("card").order_by("card__key"):
         cards[link.run_id].append(link.card)
-    rows = [BoardRow(run=lm.run, value=lm.value, cards=cards.get(lm.run_id, []), params=params.get(lm.run_id, {}))
-            for lm in latest]
+    rows = [
+        BoardRow(run_id=run_id, value=value, cards=cards.get(run_id, []), params=params.get(run_id, {}),
+                 run=top_runs.get(run_id))
+        for run_id, value in latest
+    ]
     keys = sorted({k for p in params.values() for k in p} - set(SEED_KEYS))
     chosen = [k for k in group_by if k in keys]
     groups = _group(rows, chosen, direction) if chosen else []

@@ -105,5 +105,5 @@ def leaderboard(request: HttpRequest, team_slug: str) -> HttpResponse:
     return render(request, "insights/leaderboard.html", {
         "team": team, "membership": membership, "metrics": metrics, "metric": metric, "lb": lb,
         "effect_charts": effect_charts,
-        "compare_ids": ",".join(str(r.run.pk) for r in lb.best[:10]) if lb else "",
+        "compare_ids": ",".join(str(r.run_id) for r in lb.best[:10]) if lb else "",
     })

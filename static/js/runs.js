@@ -93,6 +93,22 @@
     });
   }
 
+  // Dark mode (prefers-color-scheme): server figures are drawn for white; recolour their chrome.
+  function themed(layout) {
+    if (!window.matchMedia || !window.matchMedia("(prefers-color-scheme: dark)").matches || !layout) return layout;
+    var out = Object.assign({}, layout, {
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      font: Object.assign({}, layout.font || {}, { color: "#e6e8ec" }),
+    });
+    Object.keys(out).forEach(function (key) {
+      if (/^[xy]axis\d*$/.test(key)) {
+        out[key] = Object.assign({}, out[key], { gridcolor: "#2b323d", linecolor: "#4b5563", tickcolor: "#4b5563" });
+      }
+    });
+    return out;
+  }
+
   function renderChart(el) {
     if (el.getAttribute("data-chart-state")) return el._rendering || Promise.resolve();
     el.setAttribute("data-chart-state", "loading");
@@ -116,7 +132,7 @@
         el.innerHTML = "";
         // Keep the unsmoothed values so smoothing can be changed and undone.
         el._rawY = figure.data.map(function (trace) { return trace.y ? trace.y.slice() : null; });
-        return Plotly.newPlot(el, figure.data, figure.layout, PLOT_CONFIG).then(function () {
+        return Plotly.newPlot(el, figure.data, themed(figure.layout), PLOT_CONFIG).then(function () {
           el.setAttribute("data-chart-state", "ready");
           applySmoothing(el, currentSmoothing(el));
         });
