@@ -2,7 +2,7 @@
 the packages a user's job would have (the full mlflow package, scikit-learn, torch...), talking to a
 live mlboard over HTTP only.
 
-A venv is built once per requirements file content and reused (MLBOARD_CLIENT_VENV_DIR, default
+The pins live in pyproject.toml ([tool.mlboard.client-venvs]). A venv is built once per pin list and reused (MLBOARD_CLIENT_VENV_DIR, default
 ~/.cache/mlboard/client-venvs), so only the first session pays for the install."""
 
 from __future__ import annotations
@@ -13,9 +13,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-HERE = Path(__file__).parent / "client_envs"
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def client_pins(name: str) -> list[str]:
+    """The pinned requirements of client venv `name` from pyproject.toml."""
+    with open(PYPROJECT, "rb") as fh:
+        return list(tomllib.load(fh)["tool"]["mlboard"]["client-venvs"][name])
 
 
 def venv_root() -> Path:
@@ -23,13 +30,14 @@ def venv_root() -> Path:
     return Path(os.environ.get("MLBOARD_CLIENT_VENV_DIR") or default)
 
 
-def ensure_venv(requirements: str, *, extra_args: tuple[str, ...] = ()) -> Path:
-    """Python executable of a venv with `requirements` (a file in tests/client_envs/) installed."""
-    spec = (HERE / requirements).read_bytes()
+def ensure_venv(name: str, *, extra_args: tuple[str, ...] = ()) -> Path:
+    """Python executable of a venv with client venv `name`'s pins (pyproject.toml) installed."""
+    pins = client_pins(name)
+    spec = "\n".join(pins).encode()
     digest = hashlib.sha256(spec + repr(extra_args).encode() + sys.version.encode()).hexdigest()[:16]
     root = venv_root()
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{Path(requirements).stem}-{digest}"
+    target = root / f"{name}-{digest}"
     python = target / "bin" / "python"
     with open(root / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions wait for one build
@@ -39,7 +47,7 @@ def ensure_venv(requirements: str, *, extra_args: tuple[str, ...] = ()) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *extra_args,
-             "-r", str(HERE / requirements)],
+             *pins],
             check=True,
         )
         (target / ".complete").write_text("ok\n")

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(scope="session")
 def mlflow_python():
-    return ensure_venv("mlflow-full.txt")
+    return ensure_venv("mlflow-full")
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ mlboard, and what they logged is read back from mlboard's database.
     .venv/bin/python tests/compat/lightning_hf.py
 
 Uses a throw-away SQLite database unless DATABASE_URL is set, and a venv built from
-tests/client_envs/compat-torch.txt (cached under MLBOARD_CLIENT_VENV_DIR). Exit status 0 when
+the pins `compat-torch` in pyproject.toml (cached under MLBOARD_CLIENT_VENV_DIR). Exit status 0 when
 both frameworks finished and everything they logged is stored.
 """
 
@@ -126,7 +126,7 @@ def main() -> int:
     secret = token_create(user=user, name="compat", team=team)[1]
     httpd = serve()
     uri = f"http://127.0.0.1:{PORT}/mlflow"
-    python = ensure_venv("compat-torch.txt")
+    python = ensure_venv("compat-torch")
     work = Path(tempfile.mkdtemp(prefix="mlboard-compat-"))
     env = {
         "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": secret, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
