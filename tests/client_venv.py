@@ -2,8 +2,9 @@
 the packages a user's job would have (the full mlflow package, scikit-learn, torch...), talking to a
 live mlboard over HTTP only.
 
-The pins live in pyproject.toml ([tool.mlboard.client-venvs]). A venv is built once per pin list and reused (MLBOARD_CLIENT_VENV_DIR, default
-~/.cache/mlboard/client-venvs), so only the first session pays for the install."""
+The pins live in pyproject.toml ([tool.mlboard.client-venvs]). A venv is built once per pin list
+and reused (MLBOARD_CLIENT_VENV_DIR, default ~/.cache/mlboard/client-venvs), so only the first
+session pays for the install."""
 
 from __future__ import annotations
 
