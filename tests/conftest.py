@@ -141,11 +141,27 @@ def browser() -> Iterator[object]:
         instance.close()
 
 
-@pytest.fixture
-def page(browser) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+def _new_page(browser, *, enforce_csp: bool) -> tuple[object, object]:
+    # Playwright's string predicates (wait_for_function) are compiled in the page and need
+    # 'unsafe-eval', which mlboard's CSP forbids; feature tests bypass the policy, and the CSP tests
+    # (tests/test_csp_browser.py, `csp_page`) load every page under it.
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=not enforce_csp)
     pg = context.new_page()
     pg.set_default_timeout(10_000)
+    return context, pg
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    context, pg = _new_page(browser, enforce_csp=False)
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def csp_page(browser) -> Iterator[object]:
+    """A page that enforces mlboard's Content-Security-Policy, as a user's browser does."""
+    context, pg = _new_page(browser, enforce_csp=True)
     yield pg
     context.close()
 

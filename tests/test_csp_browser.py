@@ -42,7 +42,8 @@ def _pages(team) -> list[str]:
     ]
 
 
-def test_no_csp_violations_on_any_page(page, live_server):
+def test_no_csp_violations_on_any_page(csp_page, live_server):
+    page = csp_page
     team = demo_seed(now=NOW)
     page.add_init_script(LISTEN)
     console: list[str] = []
@@ -74,7 +75,8 @@ def test_no_csp_violations_on_any_page(page, live_server):
     assert page.evaluate("window.__csp") == []
 
 
-def test_injected_inline_script_is_blocked(page, live_server, team, board, member):
+def test_injected_inline_script_is_blocked(csp_page, live_server, team, board, member):
+    page = csp_page
     from experiments.services.cards import card_create
 
     card_create(board=board, kind="hypothesis", title="x", actor=member,
