@@ -1,7 +1,24 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from . import models as m
+from .services import purge
+
+
+def _purge_action(service, argument: str, label: str):
+    """An admin action that hard-deletes the selected objects with everything hanging off them, logged
+    as PurgeRecords. Superusers only; the ordinary delete is refused by the PROTECT foreign keys."""
+
+    @admin.action(description=f"Purge selected {label} permanently, with their history (logged)")
+    def action(modeladmin, request, queryset):
+        if not request.user.is_superuser:
+            modeladmin.message_user(request, "Only superusers can purge.", level=messages.ERROR)
+            return
+        done = [service(**{argument: obj, "actor": request.user, "reason": "admin action"}) for obj in queryset]
+        modeladmin.message_user(request, f"Purged {len(done)} {label}; see Purge records.", level=messages.WARNING)
+
+    action.__name__ = f"purge_{argument}"
+    return action
 
 
 @admin.register(m.User)
@@ -20,6 +37,7 @@ class TeamAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "standup_time", "iteration_days")
     search_fields = ("name", "slug")
     inlines = [MembershipInline]
+    actions = [_purge_action(purge.team_purge, "team", "teams")]
 
 
 @admin.register(m.Membership)
@@ -59,6 +77,7 @@ class CardAdminBase(admin.ModelAdmin):
     raw_id_fields = ("parent", "baseline_run", "iteration")
     filter_horizontal = ("tags",)
     list_select_related = ("column", "owner")
+    actions = [_purge_action(purge.card_purge, "card", "cards")]
 
 
 @admin.register(m.Card)
@@ -103,6 +122,7 @@ class IterationAdmin(admin.ModelAdmin):
     list_display = ("name", "team", "start", "end", "state")
     list_filter = ("team", "state")
     inlines = [IterationItemInline]
+    actions = [_purge_action(purge.iteration_purge, "iteration", "iterations")]
 
 
 @admin.register(m.IterationItem)
@@ -121,6 +141,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 class TrackingExperimentAdmin(admin.ModelAdmin):
     list_display = ("name", "team", "source", "lifecycle_stage")
     list_filter = ("team", "source")
+    actions = [_purge_action(purge.tracking_experiment_purge, "experiment", "tracking experiments")]
 
 
 class ParamInline(admin.TabularInline):
@@ -134,6 +155,7 @@ class RunAdmin(admin.ModelAdmin):
     list_filter = ("status", "team", "trigger", "source")
     search_fields = ("name", "external_id")
     inlines = [ParamInline]
+    actions = [_purge_action(purge.run_purge, "run", "runs")]
 
 
 @admin.register(m.Param)
@@ -186,3 +208,26 @@ class MaturitySnapshotAdmin(admin.ModelAdmin):
 @admin.register(m.MlflowSource)
 class MlflowSourceAdmin(admin.ModelAdmin):
     list_display = ("name", "team", "tracking_uri", "enabled", "last_synced_at")
+
+
+@admin.register(m.PurgeRecord)
+class PurgeRecordAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "object_type", "object_repr", "team_slug", "actor_name", "reason")
+    list_filter = ("object_type",)
+    readonly_fields = [f.name for f in m.PurgeRecord._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(m.Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ("email", "team", "role", "created_at", "expires_at", "accepted_at", "revoked_at")
+    list_filter = ("team", "role")
+    readonly_fields = ("digest",)

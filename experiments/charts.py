@@ -4,15 +4,18 @@ the browser only calls Plotly.newPlot on them. Series arrive already downsampled
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import plotly.colors as plotly_colors
 import plotly.graph_objects as go
 from plotly.utils import PlotlyJSONEncoder
 
 from .models import Direction
 from .selectors.metrics import Series
 from .selectors.runs import CompareRow, Comparison
+from .services.runs import FLOAT_MAX
 
 # Distinguishable on white, colour-blind friendly first (Okabe-Ito), then extra hues.
 PALETTE = (
@@ -60,7 +63,8 @@ def metric_chart(
         fig.add_trace(
             go.Scatter(
                 x=s.steps,
-                y=s.values,
+                # Stored ±Inf (±FLOAT_MAX) is a gap, like NaN, instead of an axis at 1.8e308.
+                y=[v if v is None or abs(v) < FLOAT_MAX else None for v in s.values],
                 mode="lines+markers" if len(s.steps) <= 1 else "lines",
                 name=name,
                 connectgaps=False,
@@ -104,22 +108,82 @@ def _escape(text: str) -> str:
     )
 
 
+MISSING_LABEL = "— missing"
+MISSING_COLOR = "#b8bec9"
+
+
+def _finite(value: float | None) -> bool:
+    """A drawable number: not NaN, not ±Inf, and not ±FLOAT_MAX (how ±Inf is stored, as in MLflow)."""
+    return value is not None and math.isfinite(value) and abs(value) < FLOAT_MAX
+
+
+def finite_count(series: Sequence[Series]) -> int:
+    return sum(1 for s in series for v in s.values if _finite(v))
+
+
+def _numeric_dimension(label: str, numbers: Sequence[float | None]) -> dict[str, Any] | None:
+    """A numeric axis; runs without a finite value sit on a labelled 'missing' tick below the range
+    instead of falling off the axis."""
+    finite = [n for n in numbers if _finite(n)]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    if len(finite) == len(numbers):
+        return dict(label=label, values=list(numbers))
+    span = (hi - lo) or abs(hi) or 1.0
+    missing = lo - span * 0.15
+    ticks = sorted({lo, hi})
+    return dict(
+        label=label,
+        values=[n if _finite(n) else missing for n in numbers],
+        range=[missing, hi],
+        tickvals=[missing, *ticks],
+        ticktext=[MISSING_LABEL, *(f"{t:.4g}" for t in ticks)],
+    )
+
+
 def _dimension(row: CompareRow, label: str) -> dict[str, Any] | None:
     """A parcoords axis: numeric if every present value parses as a number, else categorical."""
     present = [v for v in row.values if v is not None]
     if not present:
         return None
     if all(n is not None for v, n in zip(row.values, row.numbers, strict=True) if v is not None):
-        values = list(row.numbers)
-        return dict(label=label, values=values)
+        return _numeric_dimension(label, row.numbers)
     categories = sorted(set(present))
+    has_missing = len(present) < len(row.values)
+    if has_missing:
+        categories = [MISSING_LABEL, *categories]
     index = {c: i for i, c in enumerate(categories)}
     return dict(
         label=label,
-        values=[index[v] if v is not None else None for v in row.values],
+        values=[index[v] if v is not None else 0 for v in row.values],
         tickvals=list(range(len(categories))),
         ticktext=[c if len(c) <= 18 else c[:17] + "…" for c in categories],
         range=[-0.5, max(len(categories) - 0.5, 0.5)],
+    )
+
+
+def _line_colors(numbers: Sequence[float | None], key: str) -> dict[str, Any] | None:
+    """Parcoords colours must all be numbers: runs lacking the metric (or with NaN/Inf) are drawn grey
+    on a band below the Viridis scale rather than breaking the figure."""
+    finite = [n for n in numbers if _finite(n)]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    colorbar = dict(title=dict(text=key, side="right"), thickness=12)
+    if len(finite) == len(numbers):
+        return dict(color=list(numbers), colorscale="Viridis", showscale=True, colorbar=colorbar)
+    span = (hi - lo) or abs(hi) or 1.0
+    missing = lo - span * 0.1
+    cut = (lo - missing) / (hi - missing)
+    viridis = plotly_colors.sequential.Viridis
+    scale: list[list[Any]] = [[0.0, MISSING_COLOR], [cut, MISSING_COLOR]]
+    for i, color in enumerate(viridis):
+        scale.append([cut + (1 - cut) * i / (len(viridis) - 1), color])
+    colorbar.update(tickvals=[missing, lo, hi], ticktext=[MISSING_LABEL, f"{lo:.4g}", f"{hi:.4g}"])
+    return dict(
+        color=[n if _finite(n) else missing for n in numbers], colorscale=scale, cmin=missing, cmax=hi,
+        showscale=True, colorbar=colorbar,
     )
 
 
@@ -138,21 +202,17 @@ def parallel_coordinates(*, comparison: Comparison, color_metric: str | None = N
         dim = _dimension(row, row.key)
         if dim:
             dims.append(dim)
-    metric_rows = [r for r in comparison.metrics if any(n is not None for n in r.numbers)]
+    metric_rows = [r for r in comparison.metrics if any(_finite(n) for n in r.numbers)]
     for row in metric_rows:
-        dims.append(dict(label=row.key, values=list(row.numbers)))
+        dim = _numeric_dimension(row.key, row.numbers)
+        if dim:
+            dims.append(dim)
     dims = dims[:MAX_PARCOORDS_DIMENSIONS]
     if len(dims) < 2:
         return None
     color_row = next((r for r in metric_rows if r.key == color_metric), metric_rows[0] if metric_rows else None)
-    if color_row is not None:
-        line = dict(
-            color=[n if n is not None else None for n in color_row.numbers],
-            colorscale="Viridis",
-            showscale=True,
-            colorbar=dict(title=dict(text=color_row.key, side="right"), thickness=12),
-        )
-    else:
+    line = _line_colors(color_row.numbers, color_row.key) if color_row is not None else None
+    if line is None:
         line = dict(color=list(range(len(labels))), colorscale="Viridis", showscale=False)
     fig = go.Figure(
         go.Parcoords(
@@ -172,3 +232,20 @@ def figure_payload(fig: go.Figure | None, **meta: Any) -> dict[str, Any]:
     """JSON-ready {figure, meta}; NaN/Inf become null through plotly's encoder."""
     figure = json.loads(json.dumps(fig.to_plotly_json(), cls=PlotlyJSONEncoder)) if fig is not None else None
     return {"figure": figure, "meta": meta}
+
+
+def param_effect_chart(*, key: str, metric: str, points: Sequence[tuple[str, float]], numeric: bool) -> go.Figure:
+    """How one param relates to the metric: a scatter for numeric params, a strip per value otherwise."""
+    fig = go.Figure()
+    xs = [float(v) for v, _ in points] if numeric else [v for v, _ in points]
+    fig.add_trace(go.Scatter(
+        x=xs, y=[m for _, m in points], mode="markers", name=key,
+        marker=dict(size=7, color=PALETTE[0], opacity=0.7),
+        hovertemplate=f"{_escape(key)} %{{x}}<br>{_escape(metric)} %{{y:.5g}}<extra></extra>",
+    ))
+    fig.update_layout(_base_layout(
+        height=240, showlegend=False, margin=dict(l=56, r=16, t=10, b=44),
+        xaxis=dict(title=dict(text=key, font=dict(size=11)), gridcolor=GRID, type="linear" if numeric else "category"),
+        yaxis=dict(title=dict(text=metric, font=dict(size=11)), gridcolor=GRID, automargin=True),
+    ))
+    return fig

@@ -38,8 +38,11 @@ from .models import (
 from .selectors.standup import window_start_before
 from .services.boards import board_create, membership_set, team_create
 from .services.cards import card_add_note, card_create, card_move
+from .services.comments import comment_create
 from .services.iterations import iteration_close, iteration_commit_card, iteration_create, iteration_start
+from .services.purge import team_purge
 from .services.runs import MetricPoint, run_create, run_log_batch, run_update, tracking_experiment_get_or_create
+from .services.standup import standup_digest_build
 from .services.verdicts import verdict_decide
 
 DEMO_PASSWORD = "demo"
@@ -49,6 +52,7 @@ DEMO_USERS = (
     ("carol", "Carol Diaz", Role.MEMBER),
     ("dave", "Dave Okafor", Role.VIEWER),
 )
+DIGEST_DAYS = 3  # stored standup digests of the last mornings
 HISTORY_DAYS = 14
 
 
@@ -244,7 +248,9 @@ def demo_seed(*, now: dt.datetime | None = None, seed: int = 7) -> Team:
     try:
         return _seed(now=now or timezone.now(), seed=seed)
     except BaseException:
-        Team.objects.filter(slug="demo").delete()
+        half_built = Team.objects.filter(slug="demo").first()
+        if half_built is not None:
+            team_purge(team=half_built, actor=None, reason="demo seed failed")
         raise
 
 
@@ -283,6 +289,11 @@ def _seed(*, now: dt.datetime, seed: int) -> Team:
             iteration_start(iteration=iteration)
         # Morning standup: decide what trained overnight (today's decisions are left to the user).
         if back > 0:
+            # The standup history holds the digests of the last few mornings.
+            if back <= DIGEST_DAYS:
+                standup_end = dt.datetime.combine(day_start.date(), team.standup_time, tzinfo=team.zone)
+                with clock(standup_end):
+                    standup_digest_build(team=team, window_end=standup_end)
             for hyp, note in pending:
                 _decide(hyp, users["alice"], day_start + dt.timedelta(hours=9, minutes=45), note)
             pending = []
@@ -311,5 +322,11 @@ def _seed(*, now: dt.datetime, seed: int) -> Team:
     for key, title, tags in BACKLOG:
         card_create(board=boards[key], kind=CardKind.HYPOTHESIS, title=title, actor=users["alice"],
                     statement=f"{title}.", tags=tags)
+    # A short discussion, so comments and mentions are there to try.
+    first = Card.objects.filter(board=boards["CHURN"], kind=CardKind.HYPOTHESIS).order_by("number").first()
+    if first is not None:
+        comment_create(author=users["bob"], card=first,
+                       body="Folds look stable. @alice should we re-run with **5 seeds** before deciding?")
+        comment_create(author=users["alice"], card=first, body="Yes, and log the data version this time.")
     assert Iteration.objects.filter(team=team, state=IterationState.ACTIVE).count() == 1
     return team

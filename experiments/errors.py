@@ -29,3 +29,10 @@ class ConflictError(DomainError):
 class PermissionDeniedError(DomainError):
     status_code = 403
     code = "permission_denied"
+
+
+class WipLimitError(DomainError):
+    """A person's move onto a column at its WIP limit when the team's limits are strict: ask first."""
+
+    status_code = 409
+    code = "wip_limit"

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +111,9 @@ MIN_RUNS = 10
 MIN_CARDS = 3
 MIN_DECISIONS = 3
 WINDOW_DAYS = 90
-# Repeats of one configuration with the same seed must agree within this relative tolerance.
-REPRO_REL_TOL = 0.01
+# Default relative tolerance within which repeated runs of one configuration must agree
+# (settings.MATURITY_REPRO_TOLERANCE and Team.maturity_repro_tolerance override it).
+REPRO_REL_TOL = 0.02
 # Decision latency scores 5 at or under a day and 1 at or over two weeks (log scale between).
 LATENCY_BEST_HOURS = 24.0
 LATENCY_WORST_HOURS = 24.0 * 14
@@ -197,8 +199,8 @@ EVIDENCE_METRICS: tuple[EvidenceMetric, ...] = (
     ),
     EvidenceMetric(
         "reproduced", "Reproduced runs",
-        "Share of finished runs whose code, data and params were run again with another seed, "
-        "or repeated with a consistent metric.",
+        "Share of finished runs whose code, data and params were run with at least two seeds "
+        "and whose results agree within the team's tolerance.",
         "finished runs", MIN_RUNS,
         (("model_training", "consistent"), ("model_evaluation", "consistent")),
         "Repeat promising configurations with a second seed before deciding on them.",
@@ -206,11 +208,13 @@ EVIDENCE_METRICS: tuple[EvidenceMetric, ...] = (
     ),
     EvidenceMetric(
         "criteria_first", "Criteria before runs",
-        "Share of hypotheses whose success criteria were set before their first run started.",
+        "Share of hypotheses whose success criteria were set before their first run started "
+        "and not amended after it.",
         "hypotheses", MIN_CARDS,
         (("model_requirements", "goals_defined"), ("model_requirements", "documented"),
          ("model_evaluation", "goals_defined")),
-        "Write the metric, direction and threshold on the hypothesis before linking its first run.",
+        "Write the metric, direction and threshold on the hypothesis before linking its first run, "
+        "and leave them unchanged once runs are in.",
     ),
     EvidenceMetric(
         "baseline", "Experiments with a baseline",
@@ -437,20 +441,134 @@ def gaps(self_cells: Mapping[Cell, CellScore], evidence_cells: Mapping[Cell, Cel
     return found
 
 
+# --- Reproduction ---------------------------------------------------------------------------------
+
+def repeats_agree(values: Sequence[float], tolerance: float) -> bool:
+    """Repeated results agree when their range is within `tolerance` of the largest magnitude.
+
+    Relative to max |x| rather than the mean, so a further repeat inside the range already seen
+    can never turn agreement into disagreement. NaN or Inf never agrees."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return False
+    return max(values) - min(values) <= tolerance * max(abs(v) for v in values)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run with code and data versions, as the reproduction check sees it."""
+
+    run_id: int
+    config: tuple[Any, ...]  # code version, data version, params other than the seed
+    seed: int | None
+    metrics: Mapping[str, float]  # latest values; NaN for NaN
+    primary: frozenset[str] = frozenset()  # metric keys of the hypotheses the run is evidence for
+
+
+def reproduced_runs(records: Iterable[RunRecord], tolerance: float) -> set[int]:
+    """Runs of configurations that ran with at least two seeds and whose results agree.
+
+    Compared on the metric the configuration's hypotheses are judged on, or, for runs not linked
+    to a hypothesis, on every metric all its runs logged. Every run of the configuration must
+    agree (a same-seed duplicate too), and each compared metric must be logged by all of them."""
+    groups: dict[tuple[Any, ...], list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[record.config].append(record)
+    out: set[int] = set()
+    for members in groups.values():
+        if len({r.seed for r in members} - {None}) < 2:
+            continue
+        keys: set[str] = set().union(*(r.primary for r in members))
+        if not keys:
+            keys = set.intersection(*(set(r.metrics) for r in members))
+        if not keys:
+            continue
+        if all(all(k in r.metrics for r in members) and repeats_agree([r.metrics[k] for r in members], tolerance)
+               for k in keys):
+            out.update(r.run_id for r in members)
+    return out
+
+
+# --- Weekly evidence ------------------------------------------------------------------------------
+
+@dataclass
+class WeekTally:
+    """What one local calendar week holds; gates are judged week by week from these counts."""
+
+    runs: int = 0
+    code_version: int = 0
+    data_version: int = 0
+    seed: int = 0
+    environment: int = 0
+    metrics_logged: int = 0
+    automated: int = 0
+    scheduled: int = 0
+    ci: int = 0
+    finished: int = 0
+    reproduced: int = 0
+    hypotheses: int = 0  # hypotheses whose first run started this week
+    criteria_first: int = 0
+    experiments: int = 0  # experiments created this week
+    baseline: int = 0
+    decision_hours: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, MetricValue]:
+        out = {key: share(key, getattr(self, key), self.runs) for key in RUN_SHARE_KEYS}
+        out["reproduced"] = share("reproduced", self.reproduced, self.finished)
+        out["criteria_first"] = share("criteria_first", self.criteria_first, self.hypotheses)
+        out["baseline"] = share("baseline", self.baseline, self.experiments)
+        hours = self.decision_hours
+        out["decision_latency"] = MetricValue("decision_latency", sample=len(hours),
+                                              value=round(statistics.median(hours), 2) if hours else None)
+        return out
+
+
+RUN_SHARE_KEYS = ("code_version", "data_version", "seed", "environment", "metrics_logged", "automated",
+                  "scheduled", "ci")
+
+
+def window_metrics(weeks: Iterable[WeekTally]) -> dict[str, MetricValue]:
+    """The whole window's metrics: the weekly tallies added up."""
+    total = WeekTally()
+    for week in weeks:
+        for name in (*RUN_SHARE_KEYS, "runs", "finished", "reproduced", "hypotheses", "criteria_first",
+                     "experiments", "baseline"):
+            setattr(total, name, getattr(total, name) + getattr(week, name))
+        total.decision_hours.extend(week.decision_hours)
+    return total.metrics()
+
+
 # --- Levels ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Gate:
+    """A practice the level needs, judged per week: a week shows it with at least `min_count`
+    matching items (runs, hypotheses, experiments, decisions) and, for shares, at least `threshold`
+    of that week's items; latency gates need the week's median at most `threshold` hours.
+
+    Counts are absolute, so more good evidence never takes a week below a gate, and the level needs
+    the practice in several weeks (Level.weeks), so one sitting cannot reach it."""
+
     key: str
     metric: str
-    op: str  # ">=" for shares, "<=" for latency
-    threshold: float
+    op: str  # ">=" for shares and counts, "<=" for latency
+    threshold: float  # share (0 for a pure count) or hours
     label: str
+    min_count: int = 1
 
     def describe_threshold(self) -> str:
         if METRICS_BY_KEY[self.metric].unit == "hours":
-            return f"median ≤ {self.threshold:g} h"
-        return f"≥ {self.threshold * 100:.0f}%"
+            return f"median ≤ {self.threshold:g} h in a week with decisions"
+        noun = METRICS_BY_KEY[self.metric].sample
+        if self.threshold <= 0:
+            return f"≥ {self.min_count} a week"
+        return f"≥ {self.threshold * 100:.0f}% of a week's {noun}, at least {self.min_count}"
+
+    def week_meets(self, value: MetricValue) -> bool:
+        if value.value is None:
+            return False
+        if self.op == "<=":
+            return value.sample >= self.min_count and value.value <= self.threshold
+        return (value.count or 0) >= self.min_count and value.value >= self.threshold
 
 
 @dataclass(frozen=True)
@@ -459,6 +577,7 @@ class Level:
     name: str
     summary: str
     gates: tuple[Gate, ...] = ()
+    weeks: int = 0  # weeks (local calendar weeks in the window) in which every gate must be shown
 
 
 @dataclass(frozen=True)
@@ -475,19 +594,19 @@ GOOGLE_MLOPS = LevelModel(
         Level(0, "Manual process", "Data science is manual and script-driven; models are trained by hand."),
         Level(1, "ML pipeline automation", "The training pipeline runs automatically (continuous training), "
               "with metadata tracked and models validated against criteria.", (
-            Gate("g1_automated", "automated", ">=", 0.5, "Training runs come from a pipeline, not by hand"),
-            Gate("g1_ct", "scheduled", ">=", 0.2, "Continuous training: runs retrain on a schedule"),
-            Gate("g1_code", "code_version", ">=", 0.9, "Metadata: code version on runs"),
-            Gate("g1_data", "data_version", ">=", 0.9, "Metadata: data version on runs"),
-            Gate("g1_validation", "baseline", ">=", 0.8, "Model validation against a baseline"),
-        )),
+            Gate("g1_automated", "automated", ">=", 0.5, "Training runs come from a pipeline, not by hand", 3),
+            Gate("g1_ct", "scheduled", ">=", 0, "Continuous training: runs retrain on a schedule", 1),
+            Gate("g1_code", "code_version", ">=", 0.9, "Metadata: code version on runs", 3),
+            Gate("g1_data", "data_version", ">=", 0.9, "Metadata: data version on runs", 3),
+            Gate("g1_validation", "baseline", ">=", 0.8, "Model validation against a baseline", 1),
+        ), weeks=3),
         Level(2, "CI/CD pipeline automation", "The pipeline itself is built, tested and deployed by CI/CD; "
               "runs are reproducible and decisions follow quickly.", (
-            Gate("g2_ci", "ci", ">=", 0.3, "CI builds and runs the pipeline on change"),
-            Gate("g2_env", "environment", ">=", 0.9, "Environment recorded for every run"),
-            Gate("g2_repro", "reproduced", ">=", 0.3, "Results are reproduced"),
-            Gate("g2_latency", "decision_latency", "<=", 48, "Decisions follow runs within two days"),
-        )),
+            Gate("g2_ci", "ci", ">=", 0, "CI builds and runs the pipeline on change", 1),
+            Gate("g2_env", "environment", ">=", 0.9, "Environment recorded for every run", 3),
+            Gate("g2_repro", "reproduced", ">=", 0, "Results are reproduced (runs of agreeing seeds)", 2),
+            Gate("g2_latency", "decision_latency", "<=", 48, "Decisions follow runs within two days", 1),
+        ), weeks=4),
     ),
 )
 
@@ -497,29 +616,29 @@ AZURE_MLOPS = LevelModel(
     (
         Level(0, "No MLOps", "Hard to manage the full model lifecycle; manual builds, training and deployment."),
         Level(1, "DevOps but no MLOps", "Code is versioned and builds are repeatable, but training is manual.", (
-            Gate("a1_code", "code_version", ">=", 0.8, "Code under version control, recorded on runs"),
-            Gate("a1_env", "environment", ">=", 0.5, "Build environment recorded"),
-        )),
+            Gate("a1_code", "code_version", ">=", 0.8, "Code under version control, recorded on runs", 3),
+            Gate("a1_env", "environment", ">=", 0.5, "Build environment recorded", 3),
+        ), weeks=2),
         Level(2, "Automated training", "Training is automated, fully traceable and centrally tracked.", (
-            Gate("a2_automated", "automated", ">=", 0.5, "Training runs are automated"),
-            Gate("a2_data", "data_version", ">=", 0.9, "Data version on runs"),
-            Gate("a2_env", "environment", ">=", 0.9, "Environment recorded for every run"),
-            Gate("a2_seed", "seed", ">=", 0.8, "Seeds recorded"),
-            Gate("a2_metrics", "metrics_logged", ">=", 0.9, "Metrics tracked centrally"),
-        )),
+            Gate("a2_automated", "automated", ">=", 0.5, "Training runs are automated", 3),
+            Gate("a2_data", "data_version", ">=", 0.9, "Data version on runs", 3),
+            Gate("a2_env", "environment", ">=", 0.9, "Environment recorded for every run", 3),
+            Gate("a2_seed", "seed", ">=", 0.8, "Seeds recorded", 3),
+            Gate("a2_metrics", "metrics_logged", ">=", 0.9, "Metrics tracked centrally", 3),
+        ), weeks=3),
         Level(3, "Automated model deployment", "Releases go through CI/CD; models are compared with a "
               "baseline against criteria agreed beforehand.", (
-            Gate("a3_ci", "ci", ">=", 0.3, "CI runs the pipeline"),
-            Gate("a3_baseline", "baseline", ">=", 0.8, "Experiments compared with a baseline"),
-            Gate("a3_criteria", "criteria_first", ">=", 0.8, "Success criteria set before the first run"),
-            Gate("a3_repro", "reproduced", ">=", 0.3, "Results are reproduced"),
-        )),
+            Gate("a3_ci", "ci", ">=", 0, "CI runs the pipeline", 1),
+            Gate("a3_baseline", "baseline", ">=", 0.8, "Experiments compared with a baseline", 1),
+            Gate("a3_criteria", "criteria_first", ">=", 0.8, "Success criteria set before the first run", 1),
+            Gate("a3_repro", "reproduced", ">=", 0, "Results are reproduced (runs of agreeing seeds)", 2),
+        ), weeks=4),
         Level(4, "Full MLOps automated operations", "The system retrains itself on triggers and the team "
               "acts on results quickly.", (
-            Gate("a4_ct", "scheduled", ">=", 0.3, "Continuous training on a schedule"),
-            Gate("a4_repro", "reproduced", ">=", 0.5, "Most results are reproduced"),
-            Gate("a4_latency", "decision_latency", "<=", 24, "Decisions follow runs within a day"),
-        )),
+            Gate("a4_ct", "scheduled", ">=", 0, "Continuous training on a schedule", 2),
+            Gate("a4_repro", "reproduced", ">=", 0, "Results are reproduced every week", 4),
+            Gate("a4_latency", "decision_latency", "<=", 24, "Decisions follow runs within a day", 1),
+        ), weeks=6),
     ),
 )
 
@@ -530,19 +649,28 @@ LEVEL_MODELS: tuple[LevelModel, ...] = (GOOGLE_MLOPS, AZURE_MLOPS)
 class GateResult:
     gate: Gate
     state: str  # "met", "unmet", "insufficient"
-    metric: MetricValue
+    metric: MetricValue  # over the whole window, for display
+    weeks_met: int = 0
+    weeks_needed: int = 0
+    weeks_with_data: int = 0
 
     @property
     def current(self) -> str:
-        return self.metric.display
+        return f"shown in {self.weeks_met} of {self.weeks_needed} weeks needed (window: {self.metric.display})"
+
+    @property
+    def shortfall(self) -> str:
+        noun = "week" if self.weeks_with_data == 1 else "weeks"
+        return f"{self.weeks_with_data} {noun} with {self.metric.definition.sample} (needs {self.weeks_needed})"
 
     @property
     def next_step(self) -> str:
         d = self.metric.definition
         if self.state == "insufficient":
-            return (f"Insufficient evidence for “{self.gate.label}”: {self.metric.shortfall}. "
-                    f"Keep logging {d.sample} so this can be judged.")
-        return f"{self.gate.label}: now {self.current}, needs {self.gate.describe_threshold()}. {d.advice}"
+            return (f"Insufficient evidence for “{self.gate.label}”: {self.shortfall}. "
+                    f"Keep logging {d.sample} week after week so this can be judged.")
+        return (f"{self.gate.label}: {self.gate.describe_threshold()} in {self.weeks_needed} weeks; "
+                f"now {self.weeks_met}. {d.advice}")
 
 
 @dataclass
@@ -572,18 +700,27 @@ class LevelResult:
         return len(self.model.levels) - 1
 
 
-def gate_evaluate(gate: Gate, metric: MetricValue) -> GateResult:
-    if not metric.sufficient or metric.value is None:
-        return GateResult(gate, "insufficient", metric)
-    ok = metric.value >= gate.threshold if gate.op == ">=" else metric.value <= gate.threshold
-    return GateResult(gate, "met" if ok else "unmet", metric)
+def gate_evaluate(gate: Gate, weeks: Sequence[Mapping[str, MetricValue]], *, needed: int,
+                  window: MetricValue | None = None) -> GateResult:
+    """Met when the gate is shown in at least `needed` weeks; insufficient when fewer weeks than
+    that hold any data for it at all (nothing to judge yet)."""
+    values = [w[gate.metric] for w in weeks]
+    met = sum(1 for v in values if gate.week_meets(v))
+    with_data = sum(1 for v in values if v.sample > 0)
+    if window is None:
+        window = MetricValue(gate.metric, sample=0)
+    state = "met" if met >= needed else ("insufficient" if with_data < needed else "unmet")
+    return GateResult(gate, state, window, weeks_met=met, weeks_needed=needed, weeks_with_data=with_data)
 
 
-def level_evaluate(model: LevelModel, metrics: Mapping[str, MetricValue]) -> LevelResult:
+def level_evaluate(model: LevelModel, weeks: Sequence[Mapping[str, MetricValue]],
+                   window: Mapping[str, MetricValue] | None = None) -> LevelResult:
+    """The highest level whose gates, and those of every level below, are all met."""
     result = LevelResult(model, 0)
     reached = True
     for level in model.levels[1:]:
-        results = [gate_evaluate(g, metrics[g.metric]) for g in level.gates]
+        results = [gate_evaluate(g, weeks, needed=level.weeks, window=(window or {}).get(g.metric))
+                   for g in level.gates]
         result.gates[level.number] = results
         if reached and all(r.state == "met" for r in results):
             result.level = level.number

@@ -14,7 +14,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -54,6 +55,11 @@ class Team(models.Model):
     webhook_url = models.URLField(blank=True, help_text="Slack-compatible incoming webhook.")
     iteration_days = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(90)]
+    )
+    # Maturity: relative tolerance within which repeated runs must agree to count as reproduced.
+    maturity_repro_tolerance = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Empty: the site default (MATURITY_REPRO_TOLERANCE).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -159,6 +165,19 @@ class VerdictChoice(models.TextChoices):
     SUPPORTED = "supported", "Supported"
     REFUTED = "refuted", "Refuted"
     INCONCLUSIVE = "inconclusive", "Inconclusive"
+    # With an equivalence margin: the effect is demonstrably smaller than what matters (TOST).
+    NO_EFFECT = "no_effect", "No meaningful effect"
+
+
+class AnalysisTest(models.TextChoices):
+    T = "t", "t-test"
+    BOOTSTRAP = "bootstrap", "Bootstrap interval"
+    PERMUTATION = "permutation", "Permutation test"
+
+
+class AnalysisScale(models.TextChoices):
+    RAW = "raw", "Raw values"
+    LOG = "log", "Log scale (ratios; for skewed losses and latencies)"
 
 
 class Card(models.Model):
@@ -177,7 +196,7 @@ class Card(models.Model):
     )
     tags = models.ManyToManyField(Tag, blank=True, related_name="cards")
     # Experiments belong to a hypothesis; results to an experiment (or directly to a hypothesis).
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     iteration = models.ForeignKey(
         "Iteration", null=True, blank=True, on_delete=models.SET_NULL, related_name="cards"
     )
@@ -199,6 +218,26 @@ class Card(models.Model):
     min_delta = models.FloatField(null=True, blank=True, help_text="Improvement required over the baseline.")
     min_runs = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
     criteria_set_at = models.DateTimeField(null=True, blank=True)
+    # Hypothesis analysis plan (verdicts). min_runs is the planned number of runs (distinct seeds) per arm.
+    analysis_test = models.CharField(max_length=12, choices=AnalysisTest.choices, default=AnalysisTest.T)
+    analysis_scale = models.CharField(max_length=4, choices=AnalysisScale.choices, default=AnalysisScale.RAW)
+    paired = models.BooleanField(default=True, help_text="Pair candidate and baseline runs by seed when seeds match.")
+    equivalence_margin = models.FloatField(
+        null=True, blank=True, help_text="Effects smaller than this do not matter (equivalence test, TOST)."
+    )
+    smallest_effect = models.FloatField(
+        null=True, blank=True, help_text="Smallest improvement that matters; used for sample size and power."
+    )
+    failures_count = models.BooleanField(
+        default=True, help_text="Failed and diverged (NaN/Inf) runs count as failures of the hypothesis."
+    )
+    max_failure_share = models.FloatField(
+        default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="More failing runs than this share block 'supported'.",
+    )
+    criteria_frozen_at = models.DateTimeField(
+        null=True, blank=True, help_text="Criterion and plan froze when the first linked run started."
+    )
 
     # Experiment
     plan = models.TextField(blank=True)
@@ -255,13 +294,15 @@ class EventKind(models.TextChoices):
     VERDICT_DECIDED = "verdict_decided", "Verdict decided"
     NOTE = "note", "Note"
     FLAGGED = "flagged", "Flagged"
+    AMENDED = "amended", "Criterion amended"
 
 
 class CardEvent(models.Model):
     """Append-only log of everything that happened to a card; reports are built from it."""
 
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="events")
-    board = models.ForeignKey(Board, on_delete=models.CASCADE, related_name="events")
+    # Evidence: PROTECT, so only an explicit, logged purge (services/purge.py) removes it.
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="events")
+    board = models.ForeignKey(Board, on_delete=models.PROTECT, related_name="events")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     kind = models.CharField(max_length=20, choices=EventKind.choices)
     from_column = models.ForeignKey(Column, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -312,8 +353,8 @@ class Iteration(models.Model):
 class IterationItem(models.Model):
     """A card committed to an iteration, and how it stood when the iteration closed."""
 
-    iteration = models.ForeignKey(Iteration, on_delete=models.CASCADE, related_name="items")
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="iteration_items")
+    iteration = models.ForeignKey(Iteration, on_delete=models.PROTECT, related_name="items")
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="iteration_items")
     committed_at = models.DateTimeField(default=timezone.now)
     completed = models.BooleanField(null=True, blank=True, help_text="Set at close; null while open.")
     carried_over = models.BooleanField(default=False)
@@ -348,7 +389,7 @@ class ApiToken(models.Model):
 class TrackingExperiment(models.Model):
     """An MLflow-style experiment: a named group of runs (not a board card)."""
 
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="tracking_experiments")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="tracking_experiments")
     name = models.CharField(max_length=500)
     source = models.CharField(max_length=100, default="mlboard")
     external_id = models.CharField(max_length=64, blank=True, db_index=True)
@@ -383,9 +424,9 @@ class Trigger(models.TextChoices):
 
 
 class Run(models.Model):
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="runs")
     experiment = models.ForeignKey(
-        TrackingExperiment, null=True, blank=True, on_delete=models.CASCADE, related_name="runs"
+        TrackingExperiment, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
     )
     source = models.CharField(max_length=100, default="mlboard", help_text="mlboard, or import:<source name>.")
     external_id = models.CharField(max_length=64, db_index=True)
@@ -409,7 +450,14 @@ class Run(models.Model):
     class Meta:
         ordering = ["-start_time", "-id"]
         constraints = [models.UniqueConstraint(fields=["team", "source", "external_id"], name="uniq_run_external")]
-        indexes = [models.Index(fields=["team", "end_time"]), models.Index(fields=["team", "status"])]
+        indexes = [
+            models.Index(fields=["team", "end_time"]),
+            models.Index(fields=["team", "status"]),
+            # Maturity's window: runs by the time they started (or arrived, without a start time).
+            models.Index(F("team"), Coalesce("start_time", "created_at"), name="run_team_started_or_created"),
+            # Scale: the runs list's default order (newest first, runs without a start last) also
+            # has an index, PostgreSQL-only (SQLite has no NULLS LAST in indexes): migration 0002_scale.
+        ]
 
     def __str__(self) -> str:
         return self.name or self.external_id
@@ -428,7 +476,7 @@ class Run(models.Model):
 class Param(models.Model):
     """Run parameter; immutable once logged (mlflow semantics)."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="params")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="params")
     key = models.CharField(max_length=250)
     value = models.TextField()
 
@@ -446,7 +494,7 @@ class Metric(models.Model):
 
     # No separate run index: the unique index below starts with (run, key, step) and serves
     # every lookup, and one index fewer halves the index work per ingested point.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="metrics", db_index=False)
     key = models.CharField(max_length=250)
     value = models.FloatField()
     is_nan = models.BooleanField(default=False)
@@ -467,7 +515,7 @@ class Metric(models.Model):
 class LatestMetric(models.Model):
     """Latest value per (run, key): the value at the highest step, then timestamp."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="latest_metrics")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="latest_metrics")
     key = models.CharField(max_length=250)
     value = models.FloatField()
     is_nan = models.BooleanField(default=False)
@@ -476,7 +524,11 @@ class LatestMetric(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="uniq_latest_metric")]
-        indexes = [models.Index(fields=["key", "run"])]
+        indexes = [
+            models.Index(fields=["key", "run"]),
+            # Scale: runs ordered by a metric (runs list, MLflow search_runs order_by) in value order.
+            models.Index(fields=["key", "value", "run"], name="latest_metric_key_value_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.key}={'NaN' if self.is_nan else self.value} (step {self.step})"
@@ -488,8 +540,8 @@ class LinkVia(models.TextChoices):
 
 
 class CardRun(models.Model):
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="run_links")
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="card_links")
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="run_links")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="card_links")
     via = models.CharField(max_length=6, choices=LinkVia.choices, default=LinkVia.MANUAL)
     linked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     is_baseline = models.BooleanField(default=False)
@@ -512,7 +564,7 @@ class VerdictStatus(models.TextChoices):
 class VerdictProposal(models.Model):
     """Verdict computed from linked runs; a person confirms or overrides it."""
 
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="verdict_proposals")
+    card = models.ForeignKey(Card, on_delete=models.PROTECT, related_name="verdict_proposals")
     proposed = models.CharField(max_length=12, choices=VerdictChoice.choices)
     decided = models.CharField(max_length=12, choices=VerdictChoice.choices, blank=True)
     status = models.CharField(max_length=10, choices=VerdictStatus.choices, default=VerdictStatus.PROPOSED)
@@ -604,6 +656,387 @@ class MlflowSource(models.Model):
         return self.name
 
 
+# --- Delivery and import state (outbound) ---------------------------------------------------------
+
+
+class DigestDelivery(models.Model):
+    """One channel of one digest. Marked sent only after the send succeeded; the key travels with
+    every attempt (Idempotency-Key header, email Message-ID) so a retry after an unrecorded success
+    is recognisable by the receiver, and a recorded success is never sent again."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+
+    digest = models.ForeignKey(StandupDigest, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    key = models.UUIDField(unique=True)
+    attempts = models.PositiveIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["digest", "channel"], name="uniq_digest_channel")]
+
+    def __str__(self) -> str:
+        return f"Digest {self.digest_id} {self.channel}"
+
+
+class ImportedRunArtifacts(models.Model):
+    """The artifacts of one imported run, copied from its MLflow server's artifact proxy into
+    mlboard's artifact storage. Pending until every file is copied (done_at); files already
+    stored with the same size are skipped, so an interrupted copy resumes where it stopped."""
+
+    source = models.ForeignKey(MlflowSource, on_delete=models.CASCADE, related_name="artifact_copies")
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="imported_artifacts")
+    remote_root = models.CharField(max_length=1000, help_text="Path on the server's mlflow-artifacts API.")
+    files = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    done_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "done_at"])]
+
+    def __str__(self) -> str:
+        return f"Artifacts of run {self.run_id}"
+
+
+# --- Verdicts: pre-registration ------------------------------------------------------------------
+
+
+class CriterionAmendment(models.Model):
+    """A change to a hypothesis's criterion or plan after it froze (its first linked run started).
+
+    runs_started is how many evidence runs had started when it was made; an amendment with
+    runs_started > 0 makes later verdicts exploratory and counts as post-hoc in maturity.
+    """
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="amendments")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    field = models.CharField(max_length=40)
+    old_value = models.JSONField(null=True, blank=True)
+    new_value = models.JSONField(null=True, blank=True)
+    reason = models.TextField()
+    runs_started = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["card", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.card_id} {self.field}: {self.old_value} -> {self.new_value}"
+
+
+# --- MLflow datasets, logged models and model registry (mlmodels) ------------------------------
+
+
+class RunDataset(models.Model):
+    """A dataset a run consumed (MLflow log_inputs), with the input's tags (mlflow.data.context=...)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=500)
+    digest = models.CharField(max_length=36)
+    source_type = models.CharField(max_length=36)
+    source = models.TextField()
+    schema = models.TextField(blank=True)
+    profile = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "name", "digest"], name="uniq_run_dataset")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.digest})"
+
+    @property
+    def context(self) -> str:
+        """What the run used it for: MLflow's mlflow.data.context input tag (training, eval...)."""
+        return str((self.tags or {}).get("mlflow.data.context", ""))
+
+
+class LoggedModelStatus(models.TextChoices):
+    PENDING = "LOGGED_MODEL_PENDING", "Pending"
+    READY = "LOGGED_MODEL_READY", "Ready"
+    FAILED = "LOGGED_MODEL_UPLOAD_FAILED", "Upload failed"
+
+
+class LoggedModel(models.Model):
+    """An MLflow 3 logged model: a model's files (artifacts under artifact_location), params,
+    tags and metrics, usually produced by a source run."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="logged_models")
+    experiment = models.ForeignKey(TrackingExperiment, on_delete=models.CASCADE, related_name="logged_models")
+    model_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=500)
+    source_run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="logged_models"
+    )
+    status = models.CharField(max_length=32, choices=LoggedModelStatus.choices, default=LoggedModelStatus.PENDING)
+    status_message = models.TextField(blank=True)
+    model_type = models.CharField(max_length=500, blank=True)
+    artifact_location = models.CharField(max_length=1000)
+    params = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    lifecycle_stage = models.CharField(max_length=10, default="active")
+    creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "model_id"]
+        indexes = [models.Index(fields=["team", "experiment", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model_id})"
+
+
+class LoggedModelMetric(models.Model):
+    """A metric point logged against a model (log_metric(..., model_id=...)); NaN as for run metrics,
+    +/-Inf clamped to the largest double as MLflow's SQL store does."""
+
+    model = models.ForeignKey(LoggedModel, on_delete=models.CASCADE, related_name="metrics")
+    run_external_id = models.CharField(max_length=64, blank=True)
+    key = models.CharField(max_length=250)
+    value = models.FloatField()
+    is_nan = models.BooleanField(default=False)
+    step = models.BigIntegerField(default=0)
+    timestamp = models.BigIntegerField()
+    dataset_name = models.CharField(max_length=500, blank=True)
+    dataset_digest = models.CharField(max_length=36, blank=True)
+
+    class Meta:
+        ordering = ["key", "step", "timestamp"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "key", "step", "timestamp", "run_external_id", "dataset_name", "dataset_digest"],
+                name="uniq_logged_model_metric",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.key}@{self.step}"
+
+
+class RunModelIO(models.Model):
+    """A logged model a run used (input) or produced (output, at a step): MLflow's RunInputs.model_inputs
+    and RunOutputs.model_outputs."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="model_io")
+    model = models.ForeignKey(LoggedModel, on_delete=models.CASCADE, related_name="run_io")
+    direction = models.CharField(max_length=6, choices=[(INPUT, "Input"), (OUTPUT, "Output")])
+    step = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["run", "model", "direction"], name="uniq_run_model_io")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.direction} {self.model_id}"
+
+
+class RegisteredModel(models.Model):
+    """A named model in the team's registry; its versions point at logged models or run artifacts."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registered_models")
+    name = models.CharField(max_length=256)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    # alias -> version number (MLflow: an alias names exactly one version of one model).
+    aliases = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="uniq_registered_model")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=1000)
+    run_external_id = models.CharField(max_length=64, blank=True)
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions")
+    logged_model = models.ForeignKey(
+        LoggedModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
+    )
+    run_link = models.CharField(max_length=500, blank=True)
+    storage_location = models.CharField(max_length=1000, blank=True)
+    status = models.CharField(max_length=20, default="READY")
+    status_message = models.TextField(blank=True)
+    current_stage = models.CharField(max_length=20, default="None")
+    tags = models.JSONField(default=dict, blank=True)
+    user_id = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["registered_model", "-version"]
+        constraints = [models.UniqueConstraint(fields=["registered_model", "version"], name="uniq_model_version")]
+
+    def __str__(self) -> str:
+        return f"{self.registered_model_id} v{self.version}"
+
+
+# --- Teamwork: comments, watches, notifications, evidence snapshots -----------------------------
+
+
+class TeamworkSettings(models.Model):
+    """Team settings for board polish, kept beside Team so other areas' Team edits never collide."""
+
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="teamwork")
+    wip_strict = models.BooleanField(
+        default=False, help_text="Ask before a card is dropped onto a column already at its WIP limit."
+    )
+    archive_done_after_days = models.PositiveIntegerField(
+        null=True, blank=True, default=14, help_text="Archive Done cards after this many days; empty keeps them."
+    )
+
+    def __str__(self) -> str:
+        return f"Teamwork settings of {self.team_id}"
+
+
+class CardArchive(models.Model):
+    """A Done card taken off the board after its age limit; deleting the row restores it."""
+
+    card = models.OneToOneField(Card, on_delete=models.CASCADE, related_name="archive")
+    archived_at = models.DateTimeField(default=timezone.now)
+    archived_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    def __str__(self) -> str:
+        return f"{self.card_id} archived"
+
+
+class Comment(models.Model):
+    """A Markdown comment on a card or a run (exactly one of them)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="comments")
+    card = models.ForeignKey(Card, null=True, blank=True, on_delete=models.CASCADE, related_name="comments")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    body = models.TextField()
+    mentions = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="mentioned_in")
+    created_at = models.DateTimeField(default=timezone.now)
+    edited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(card__isnull=False, run__isnull=True) | Q(card__isnull=True, run__isnull=False)),
+                name="comment_on_card_or_run",
+            )
+        ]
+        indexes = [models.Index(fields=["card", "created_at"]), models.Index(fields=["run", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Comment {self.pk} by {self.author_id}"
+
+
+class CommentRevision(models.Model):
+    """The text a comment had before an edit (its edit history)."""
+
+    comment = models.ForeignKey(Comment, on_delete=models.CASCADE, related_name="revisions")
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Revision of comment {self.comment_id}"
+
+
+class Watch(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="watches")
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="watches")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "card"], name="uniq_watch")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} watches {self.card_id}"
+
+
+class NotificationKind(models.TextChoices):
+    MENTION = "mention", "Mentioned you"
+    COMMENT = "comment", "New comment"
+    VERDICT_PROPOSED = "verdict_proposed", "Verdict proposed"
+    VERDICT_DECIDED = "verdict_decided", "Verdict decided"
+    RUN_FAILED = "run_failed", "Linked run failed"
+    CARD_STUCK = "card_stuck", "Your card is stuck"
+
+
+class Notification(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=20, choices=NotificationKind.choices)
+    card = models.ForeignKey(Card, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    comment = models.ForeignKey(Comment, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    text = models.CharField(max_length=300)
+    # One notification per (user, event): a retried task or a repeated signal adds nothing.
+    dedupe_key = models.CharField(max_length=120)
+    created_at = models.DateTimeField(default=timezone.now)
+    read_at = models.DateTimeField(null=True, blank=True)
+    # Set when the digest task has handled it (sent or skipped by preference).
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["user", "dedupe_key"], name="uniq_notification")]
+        indexes = [
+            models.Index(fields=["user", "read_at"]),
+            models.Index(fields=["user", "delivered_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.user_id}"
+
+
+class NotificationPreference(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_pref")
+    email = models.BooleanField(default=True)
+    webhook_url = models.URLField(blank=True, help_text="Personal Slack-compatible incoming webhook.")
+    # Kinds the user does not want at all (in-app, email or webhook).
+    muted_kinds = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"Notification preferences of {self.user_id}"
+
+
+class EvidenceSnapshot(models.Model):
+    """Frozen bundle of what a verdict was decided on; stored once and never changed."""
+
+    card = models.OneToOneField(Card, on_delete=models.CASCADE, related_name="evidence_snapshot")
+    hypothesis = models.ForeignKey(Card, null=True, on_delete=models.SET_NULL, related_name="+")
+    proposal = models.ForeignKey(VerdictProposal, null=True, on_delete=models.SET_NULL, related_name="+")
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Evidence for {self.card_id}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("Evidence snapshots are immutable.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
 # --- Artifacts ---------------------------------------------------------------------------------
 
 
@@ -625,3 +1058,52 @@ class ArtifactFile(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+# --- Hardening (inputsec): invitations and the purge log ------------------------------------------
+
+
+class Invitation(models.Model):
+    """An emailed, single-use link for someone without an account to join a team with a role.
+    Only a SHA-256 digest of the link's secret is stored."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    digest = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Invitation of {self.email} to {self.team_id}"
+
+
+class PurgeRecord(models.Model):
+    """Audit log of hard deletes of evidence (cards, runs, tracking experiments, iterations, teams)."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)
+    team_slug = models.CharField(max_length=60, blank=True)
+    object_type = models.CharField(max_length=60)
+    object_id = models.BigIntegerField()
+    object_repr = models.CharField(max_length=250)
+    counts = models.JSONField(default=dict, help_text="Rows deleted per model.")
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Purged {self.object_type} {self.object_repr}"

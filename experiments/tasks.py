@@ -43,11 +43,9 @@ def build_due_standup_digests(now_iso: str | None = None) -> list[int]:
 
 
 def _standup_retry_errors() -> tuple[type[BaseException], ...]:
-    import requests
-
     from .services.standup import DeliveryError
 
-    return (DeliveryError, requests.RequestException, OSError)
+    return (DeliveryError, OSError)
 
 
 @shared_task(
@@ -91,7 +89,7 @@ def snapshot_all_maturity() -> int:
     date_iso = timezone.localdate().isoformat()
     team_ids = list(team_ids_for_snapshot())
     for team_id in team_ids:
-        snapshot_team_maturity.delay(team_id, date_iso)
+        transaction.on_commit(lambda team_id=team_id: snapshot_team_maturity.delay(team_id, date_iso))
     return len(team_ids)
 
 
@@ -124,30 +122,25 @@ def sync_all_mlflow_sources() -> list[int]:
     return ids
 
 
-@shared_task(acks_late=True)
-def sync_mlflow_source(source_id: int) -> dict | None:
-    """Import of one source: incremental, plus a full pass once a day (late tags on old finished runs).
-    Re-running imports nothing twice. Failures land in last_error."""
-    from .models import MlflowSource
-    from .services.mlflow_import import MlflowImportError, mlflow_full_sync_due, mlflow_source_sync
+@shared_task(bind=True, acks_late=True, max_retries=24)
+def sync_mlflow_source(self, source_id: int, pass_id: str | None = None, seq: int | None = None) -> dict | None:
+    """One bounded chunk of the import of one source (incremental, plus a full pass once a day), then
+    the next chunk re-enqueued with the pass cursor kept on the source row. Re-running a chunk imports
+    nothing twice; a duplicate or outdated message stops. Failures land in last_error."""
+    from .services.mlflow_import import mlflow_source_sync_step
 
-    source = MlflowSource.objects.select_related("team").filter(pk=source_id, enabled=True).first()
-    if source is None:
-        return None
-    full = mlflow_full_sync_due(source=source)
-    try:
-        summary = mlflow_source_sync(source=source, full=full)
-    except MlflowImportError as exc:
-        return {"error": exc.message, "full": full}
-    return {
-        "full": full,
-        "experiments": summary.experiments,
-        "runs_created": summary.runs_created,
-        "runs_updated": summary.runs_updated,
-        "runs_unchanged": summary.runs_unchanged,
-        "metric_points": summary.metric_points,
-        "problems": len(summary.problems),
-    }
+    result = mlflow_source_sync_step(source_id=source_id, pass_id=pass_id, seq=seq)
+    if result == {"skipped": "busy"}:
+        # The row is locked: another chunk runs, or a killed worker's transaction is not gone yet.
+        # Ask again shortly; a duplicate then finds its chunk done and stops.
+        raise self.retry(countdown=5)
+    if result and result.get("next"):
+        next_pass, next_seq = result["next"]
+        queue = (self.request.delivery_info or {}).get("routing_key") or None  # the chain stays on its queue
+        transaction.on_commit(
+            lambda: sync_mlflow_source.apply_async((source_id, next_pass, next_seq), queue=queue)
+        )
+    return result
 
 
 # --- Iterations ---------------------------------------------------------------------------------
@@ -178,3 +171,61 @@ def roll_team_iterations(team_id: int, now_iso: str | None = None) -> int | None
     now = dt.datetime.fromisoformat(now_iso) if now_iso else None
     active = iteration_roll(team=team, now=now)
     return active.pk if active else None
+
+
+# --- Teamwork: notification digests, stuck-card notices, Done archiving ------------------------
+
+
+@shared_task(acks_late=True)
+def send_notification_digest(user_id: int) -> int:
+    """Mail / post everything pending for one user as one digest (idempotent: nothing pending, nothing sent)."""
+    from .services.notifications import notification_digest_send
+
+    return notification_digest_send(user_id=user_id)
+
+
+@shared_task(acks_late=True)
+def send_pending_notification_digests() -> list[int]:
+    """Beat safety net: a digest for anyone whose scheduled task was lost (worker restart)."""
+    from .services.notifications import users_with_pending
+
+    users = users_with_pending()
+    for user_id in users:
+        transaction.on_commit(lambda user_id=user_id: send_notification_digest.delay(user_id))
+    return users
+
+
+@shared_task(acks_late=True)
+def notify_all_stuck_cards() -> list[int]:
+    from .models import Team
+
+    ids = list(Team.objects.values_list("pk", flat=True))
+    for team_id in ids:
+        transaction.on_commit(lambda team_id=team_id: notify_team_stuck_cards.delay(team_id))
+    return ids
+
+
+@shared_task(acks_late=True)
+def notify_team_stuck_cards(team_id: int) -> int:
+    from .services.notifications import notify_stuck_cards
+
+    return notify_stuck_cards(team_id=team_id)
+
+
+@shared_task(acks_late=True)
+def archive_all_done_cards() -> list[int]:
+    from .models import Team
+
+    ids = list(Team.objects.values_list("pk", flat=True))
+    for team_id in ids:
+        transaction.on_commit(lambda team_id=team_id: archive_team_done_cards.delay(team_id))
+    return ids
+
+
+@shared_task(acks_late=True)
+def archive_team_done_cards(team_id: int) -> int:
+    from .models import Team
+    from .services.cards import cards_archive_done
+
+    team = Team.objects.filter(pk=team_id).first()
+    return cards_archive_done(team=team) if team is not None else 0

@@ -32,6 +32,7 @@ if not SECRET_KEY:
     raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*" if DEBUG else "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "experiments.api.errors.csrf_failure"  # JSON under /api/ and /mlflow/
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -45,11 +46,13 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI assets served locally (self-hosted, no CDN)
     "django_htmx",
+    "axes",
     "experiments",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -58,6 +61,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the 429 lockout page
 ]
 
 ROOT_URLCONF = "mlboard.urls"
@@ -73,6 +77,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
             ],
         },
     }
@@ -82,14 +87,30 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
+        # A persistent connection is checked before a request reuses it, so the first request after a
+        # database restart (or a dropped connection) reconnects instead of failing.
+        conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True),
     )
 }
+# PostgreSQL's JIT spends ~100 ms compiling each big aggregate (chart downsampling, year-long
+# reports) and only pays back on analytic queries far larger than these: off unless DB_JIT=1.
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get("DB_JIT", "0") != "1":
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Same backend, but a new connection waits out a database restart (mlboard/db_backends/postgresql).
+    DATABASES["default"]["ENGINE"] = "mlboard.db_backends.postgresql"
+DB_CONNECT_RETRY_SECONDS = float(os.environ.get("DB_CONNECT_RETRY_SECONDS", "10"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "experiments.User"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+# django-axes first: it refuses a locked-out account or address before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "experiments.auth_backends.AxesBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -111,7 +132,27 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
+# At-least-once: a task whose worker process dies (kill -9, OOM) is put back, not acknowledged.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The longest task may run CELERY_TASK_TIME_LIMIT seconds (long imports work in bounded chunks well
+# inside it); Redis redelivers an unacknowledged message after the visibility timeout, which must be
+# longer, or a task still running would be delivered a second time.
+CELERY_TASK_TIME_LIMIT = int(os.environ.get("CELERY_TASK_TIME_LIMIT", "900"))
+CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - max(1, CELERY_TASK_TIME_LIMIT // 10))
+CELERY_VISIBILITY_TIMEOUT = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", str(2 * CELERY_TASK_TIME_LIMIT)))
+if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
+    raise RuntimeError("CELERY_VISIBILITY_TIMEOUT must be longer than CELERY_TASK_TIME_LIMIT")
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # Look for abandoned messages often enough that they come back soon after the timeout.
+    "unacked_restore_interval": max(1, min(10, CELERY_VISIBILITY_TIMEOUT // 10)),
+    "unacked_restore_throttle": 1,
+}
+# A long import re-enqueues itself after each chunk (cursor kept on the source row).
+MLFLOW_IMPORT_CHUNK_RUNS = int(os.environ.get("MLFLOW_IMPORT_CHUNK_RUNS", "200"))
+MLFLOW_IMPORT_CHUNK_SECONDS = float(os.environ.get("MLFLOW_IMPORT_CHUNK_SECONDS", str(CELERY_TASK_TIME_LIMIT / 5)))
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     # Each team has its own standup time; this tick decides which are due.
@@ -119,7 +160,15 @@ CELERY_BEAT_SCHEDULE = {
     "maturity-snapshots": {"task": "experiments.tasks.snapshot_all_maturity", "schedule": crontab(hour=2, minute=0)},
     "mlflow-imports": {"task": "experiments.tasks.sync_all_mlflow_sources", "schedule": crontab(minute="*/15")},
     "iteration-rollover": {"task": "experiments.tasks.roll_iterations", "schedule": crontab(minute="*/10")},
+    # Teamwork: lost notification digests, stuck-card notices, Done archiving.
+    "notification-digests": {
+        "task": "experiments.tasks.send_pending_notification_digests", "schedule": crontab(minute="*/10"),
+    },
+    "stuck-card-notices": {"task": "experiments.tasks.notify_all_stuck_cards", "schedule": crontab(minute=15)},
+    "archive-done-cards": {"task": "experiments.tasks.archive_all_done_cards", "schedule": crontab(hour=3, minute=30)},
 }
+# Notifications of one user within this many seconds go out as one email / webhook message.
+NOTIFY_BATCH_SECONDS = int(os.environ.get("NOTIFY_BATCH_SECONDS", "120"))
 
 CACHES = {
     "default": (
@@ -133,6 +182,7 @@ EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.conso
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "mlboard@localhost")
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(BASE_DIR / "sent-mail"))  # filebased backend only
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")  # absolute links in digests
 
 REST_FRAMEWORK = {
@@ -145,6 +195,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "experiments.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["experiments.throttles.ApiThrottle"],
+    # JSON only: what the schema documents (no HTML browsable API answering ?format=api).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # The input rules of experiments/inputs.py on every body (NUL, surrogates, depth, number ranges).
+    "DEFAULT_PARSER_CLASSES": [
+        "experiments.api.parsers.JSONParser",
+        "experiments.api.parsers.FormParser",
+        "experiments.api.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "mlboard API",
@@ -153,6 +212,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "experiments.api.errors.document_standard_errors",
+    ],
 }
 
 # mlflow's batch limits, mirrored so the compatible endpoint rejects what mlflow rejects.
@@ -174,10 +237,76 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
 
+# --- Hardening (issue 10): transport, headers, login lockout, throttles -----------------------------
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy: the header it sets, e.g. HTTP_X_FORWARDED_PROTO (then "https" means TLS).
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = (os.environ["SECURE_PROXY_SSL_HEADER"], "https")
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Content-Security-Policy (django-csp). Scripts only from here or with the per-request nonce;
+# styles allow inline because plotly.js injects <style> elements and templates use style attributes.
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE  # noqa: E402
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:", "blob:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "worker-src": [SELF, "blob:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# django-axes: lock an account, and separately an address, after repeated failed logins (site and admin).
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_MINUTES", "15")) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Client address for lockouts and limits: REMOTE_ADDR, or behind N trusted proxies the N-th address
+# from the right of X-Forwarded-For (experiments/throttles.py: client_ip).
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+AXES_CLIENT_IP_CALLABLE = "experiments.throttles.client_ip"
+
+# Fixed-window request limits per minute (experiments/throttles.py), counted in the Django cache
+# (Redis when REDIS_URL is set). Generous: a training job logging every step stays far below them.
+MLBOARD_THROTTLE_RATES = {
+    "api_user": os.environ.get("THROTTLE_API_USER", "3000/min"),
+    "api_anon": os.environ.get("THROTTLE_API_ANON", "300/min"),
+    "mlflow": os.environ.get("THROTTLE_MLFLOW", "12000/min"),
+    "auth_failure": os.environ.get("THROTTLE_AUTH_FAILURES", "60/min"),
+}
+
 # plotly.js is served from the plotly package itself (no CDN, no copied file).
 import plotly as _plotly  # noqa: E402
 
 STATICFILES_DIRS.append(("plotly", str(Path(_plotly.__file__).parent / "package_data")))
+
+# Outbound HTTP (experiments/outbound.py): internal addresses are refused unless listed here,
+# e.g. an on-prem MLflow server: OUTBOUND_ALLOWED_HOSTS=mlflow.corp.example, OUTBOUND_ALLOWED_NETWORKS=10.20.0.0/16.
+OUTBOUND_ALLOWED_HOSTS = env_list("OUTBOUND_ALLOWED_HOSTS")
+OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS")
+import ipaddress as _ipaddress  # noqa: E402
+
+for _network in OUTBOUND_ALLOWED_NETWORKS:
+    _ipaddress.ip_network(_network, strict=False)  # fail at start-up, not at the first call
+OUTBOUND_CONNECT_TIMEOUT = float(os.environ.get("OUTBOUND_CONNECT_TIMEOUT", "5"))
+OUTBOUND_READ_TIMEOUT = float(os.environ.get("OUTBOUND_READ_TIMEOUT", "30"))
+OUTBOUND_DEADLINE = float(os.environ.get("OUTBOUND_DEADLINE", "300"))
+OUTBOUND_MAX_RESPONSE_BYTES = int(os.environ.get("OUTBOUND_MAX_RESPONSE_BYTES", str(64 * 1024 * 1024)))
+# Maturity: repeated runs (same configuration, other seeds) must agree within this relative
+# tolerance to count as reproduced; a team can set its own.
+MATURITY_REPRO_TOLERANCE = float(os.environ.get("MATURITY_REPRO_TOLERANCE", "0.02"))
 
 # --- Artifacts (MLflow artifact proxy: /mlflow/api/2.0/mlflow-artifacts/...) ---------------------
 # A local directory by default; S3-compatible object storage (AWS S3, MinIO, ...) when a bucket is set.

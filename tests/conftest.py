@@ -25,6 +25,8 @@ def _artifact_root(tmp_path_factory) -> str:
 def _fast_hashing(settings, _artifact_root):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    # Request limits count in a cache that outlives a test (Redis in CI); tests of limits set their own.
+    settings.MLBOARD_THROTTLE_RATES = {}
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -34,6 +36,15 @@ def _fast_hashing(settings, _artifact_root):
     from mlboard.celery import app
 
     app.conf.task_always_eager = True
+
+
+@pytest.fixture(autouse=True)
+def _outbound_reaches_loopback(settings):
+    """Test servers (fake MLflow, webhook receivers) listen on 127.0.0.1, which the guarded outbound
+    client refuses by default; tests reach them through the allowlist, as an on-prem deployment would.
+    tests/test_outbound.py clears it to check the refusals."""
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
+    settings.OUTBOUND_ALLOWED_HOSTS = ["localhost"]  # pytest-django's live_server
 
 
 @pytest.fixture

@@ -212,3 +212,21 @@ def test_filters_update_the_board_and_the_url(page, login, live_server, board, m
     page.goto(page.url)
     page.wait_for_selector("#board")
     assert page.locator("#board .card").count() == 1 and page.locator(".lane-head").count() == 1
+
+
+def test_show_more_then_drag_a_card_from_the_loaded_page(page, login, live_server, board, member, monkeypatch):
+    monkeypatch.setattr("experiments.selectors.board.CELL_PAGE", 5)
+    cards = [card_create(board=board, kind="hypothesis", title=f"Idea {i}", actor=member) for i in range(8)]
+    login(member)
+    open_board(page, live_server, board)
+    backlog = cell(board, Stage.BACKLOG)
+    assert page.locator(f"{backlog} > .card").count() == 5
+    page.click(f"{backlog} .cell-more")
+    page.wait_for_selector(f"#card-{cards[7].pk}")
+    assert page.locator(f"{backlog} > .card").count() == 8 and page.locator(f"{backlog} .cell-more").count() == 0
+
+    page.drag_and_drop(f"#card-{cards[6].pk}", cell(board, Stage.READY))
+    wait_announced(page, f"{cards[6].key} moved to Ready")
+    assert Card.objects.get(pk=cards[6].pk).column.stage == Stage.READY
+    # The column heads keep exact totals: 7 left in the backlog, 1 in Ready.
+    assert page.inner_text(f'.col-head[data-column-id="{column(board, Stage.BACKLOG).pk}"] .col-total') == "7"

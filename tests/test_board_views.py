@@ -209,13 +209,13 @@ def test_lanes_render_with_headers(client_for, member, board):
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("", 11), ("lanes=hypothesis", 11), ("lanes=owner", 11), ("lanes=owner&tag=shared&q=card", 12)],
+    [("", 12), ("lanes=hypothesis", 11), ("lanes=owner", 11), ("lanes=owner&tag=shared&q=card", 12)],
 )
 def test_board_query_count_does_not_grow_with_cards(
     client_for, member, manager, viewer, board, query, expected, django_assert_num_queries
 ):
     client = client_for(member)
-    users = [member, manager, viewer]
+    users = [member, manager]  # viewers cannot own cards
     populate(board, users, 30)
     with django_assert_num_queries(expected):
         first = client.get(board_url(board, query))
@@ -619,3 +619,79 @@ def test_board_new(client_for, manager, team):
     html = response.content.decode()
     assert field_error(html, "name") == "Give the board a name."
     assert "uppercase letters or digits" in field_error(html, "key")
+
+
+# --- Paged cells ("show more") --------------------------------------------------------------------
+
+
+def cells_url(board: Board, column: Column, offset: int, query: str = "", lane: str = "all") -> str:
+    return reverse("board_cell_cards", args=[board.pk]) + f"?column={column.pk}&lane={lane}&offset={offset}" + (
+        f"&{query}" if query else ""
+    )
+
+
+@pytest.fixture
+def small_pages(monkeypatch):
+    monkeypatch.setattr("experiments.selectors.board.CELL_PAGE", 5)
+    monkeypatch.setattr("experiments.selectors.board.CELL_MORE_PAGE", 4)
+
+
+def test_long_cells_render_a_first_page_with_exact_counts(client_for, member, board, small_pages):
+    backlog = board.columns.get(stage=Stage.BACKLOG)
+    cards = [card_create(board=board, kind="hypothesis", title=f"Idea {i}", actor=member) for i in range(12)]
+    html = client_for(member).get(board_url(board)).content.decode()
+    assert card_ids_in_order(html) == [str(c.pk) for c in cards[:5]]
+    assert "Show 7 more" in html and 'data-offset="5"' in html
+    assert re.search(rf'data-column-id="{backlog.pk}"[^>]*>.*?<span class="col-total">12<', html, re.S)
+
+
+def test_show_more_loads_the_next_page_in_board_order(client_for, member, board, small_pages):
+    backlog = board.columns.get(stage=Stage.BACKLOG)
+    cards = [card_create(board=board, kind="hypothesis", title=f"Idea {i}", actor=member) for i in range(12)]
+    client = client_for(member)
+    html = client.get(cells_url(board, backlog, 5), HTTP_HX_REQUEST="true").content.decode()
+    assert card_ids_in_order(html) == [str(c.pk) for c in cards[5:9]]
+    assert "Show 3 more" in html and "offset=9" in html
+    last = client.get(cells_url(board, backlog, 9)).content.decode()
+    assert card_ids_in_order(last) == [str(c.pk) for c in cards[9:]] and "more</button>" not in last
+
+
+def test_show_more_keeps_filters_and_swimlanes(client_for, member, manager, board, small_pages):
+    backlog = board.columns.get(stage=Stage.BACKLOG)
+    mine = [card_create(board=board, kind="hypothesis", title=f"Mine {i}", actor=member, owner=member)
+            for i in range(8)]
+    for i in range(6):
+        card_create(board=board, kind="hypothesis", title=f"Theirs {i}", actor=member, owner=manager)
+    client = client_for(member)
+    page = client.get(board_url(board, f"owner={member.username}")).content.decode()
+    assert "Show 3 more" in page and f"owner={member.username}" in page
+    more = client.get(cells_url(board, backlog, 5, f"owner={member.username}")).content.decode()
+    assert card_ids_in_order(more) == [str(c.pk) for c in mine[5:]]
+    lane = f"u{member.pk}"
+    lanes = client.get(cells_url(board, backlog, 5, "lanes=owner", lane=lane)).content.decode()
+    assert card_ids_in_order(lanes) == [str(c.pk) for c in mine[5:]]
+
+
+def test_show_more_of_a_missing_column_is_404(client_for, member, board):
+    response = client_for(member).get(reverse("board_cell_cards", args=[board.pk]) + "?column=999999&offset=5")
+    assert response.status_code == 404
+
+
+def test_show_more_query_count_does_not_grow_with_cards(
+    client_for, member, manager, viewer, board, small_pages, django_assert_num_queries
+):
+    client = client_for(member)
+    users = [member, manager, viewer]
+    backlog = board.columns.order_by("position").first()
+    populate(board, users, 40)
+    client.get(cells_url(board, backlog, 5))
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as small:
+        first = client.get(cells_url(board, backlog, 5))
+    assert len(card_ids_in_order(first.content.decode())) == 3  # 8 backlog cards: 5 shown, 3 more
+    populate(board, users, 40)
+    with django_assert_num_queries(len(small.captured_queries)):
+        second = client.get(cells_url(board, backlog, 5))
+    assert len(card_ids_in_order(second.content.decode())) == 4

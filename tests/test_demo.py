@@ -72,3 +72,25 @@ def test_demo_command_sets_up_without_serving(transactional_db, capsys):
     call_command("demo", "--no-serve")
     assert Team.objects.filter(slug="demo").exists()
     assert "password 'demo'" in capsys.readouterr().out
+
+
+def test_demo_maturity_times_the_same_decisions_as_velocity(demo):
+    """The demo's runs link to experiment cards; maturity must count them through their hypotheses."""
+    from experiments.selectors.maturity import maturity_report
+    from experiments.selectors.velocity import parse_report_params, velocity_report
+
+    latency = maturity_report(team=demo, as_of=NOW).evidence.metrics["decision_latency"]
+    velocity = velocity_report(team=demo, params=parse_report_params(team=demo, data={}, now=NOW)).totals
+    assert latency.sample == len(velocity.decision_hours) >= 5
+    assert latency.sufficient and latency.value == pytest.approx(velocity.decision_median, abs=0.01)
+    assert latency.value < 24  # decided at the next morning's standup
+
+
+def test_demo_has_standup_history_and_a_discussion(demo):
+    from experiments.models import Comment, Notification, NotificationKind, StandupDigest
+
+    digests = list(StandupDigest.objects.filter(team=demo, board=None).order_by("window_end"))
+    assert len(digests) == 3 and all(d.window_end < NOW for d in digests)
+    assert digests[-1].window_end.date() == (NOW - dt.timedelta(days=1)).date()
+    assert Comment.objects.filter(team=demo).count() == 2
+    assert Notification.objects.filter(user__username="alice", kind=NotificationKind.MENTION).count() == 1

@@ -139,3 +139,91 @@ def test_metric_series_streams_and_downsamples_stored_points(team, member):
     assert 99.0 in long_series.values and None in long_series.values
     assert long_series.steps[0] == 0 and long_series.steps[-1] == 2_999
     assert short_series.steps == [0, 1, 2, 3, 4] and not short_series.downsampled
+
+
+# --- Downsampling in the database ---------------------------------------------------------------
+
+
+def _expected_extremes(steps: list[int], values: list[float], buckets: int) -> list[tuple]:
+    """Per step bucket (the database's definition): (step, value) of the first, last, min and max."""
+    lo, hi = steps[0], steps[-1]
+    groups: dict[int, list[tuple[int, float]]] = {}
+    for step, value in zip(steps, values, strict=True):
+        groups.setdefault((step - lo) * buckets // (hi - lo + 1), []).append((step, value))
+    out = []
+    for points in groups.values():
+        out += [points[0], points[-1], min(points, key=lambda p: (p[1], p[0])),
+                max(points, key=lambda p: (p[1], p[0]))]
+    return out
+
+
+def test_database_downsampling_keeps_spikes_off_the_bucket_grid(team, member):
+    rng = random.Random(7)
+    run = run_create(team=team, user=member, name="spiky")
+    n = 20_000
+    steps = sorted(rng.sample(range(3, 90_000), n))  # irregular steps: no point sits on a regular grid
+    values = [math.sin(s / 900) + rng.gauss(0, 0.05) for s in steps]
+    spikes = {steps[4_321]: 50.0, steps[13_337]: -40.0, steps[19_998]: 12.5}
+    values = [spikes.get(s, v) for s, v in zip(steps, values, strict=True)]
+    run_log_batch(run=run, metrics=[MetricPoint("loss", v, s, 1_000 + i) for i, (s, v) in
+                                    enumerate(zip(steps, values, strict=True))])
+
+    (series,) = metric_series(runs=[run], key="loss", max_points=400)
+
+    assert series.total_points == n and len(series.steps) <= 400 and series.downsampled
+    drawn = set(zip(series.steps, series.values, strict=True))
+    for step, value in spikes.items():
+        assert (step, value) in drawn
+    assert series.steps[0] == steps[0] and series.steps[-1] == steps[-1]
+    assert series.steps == sorted(series.steps)
+    # Every bucket's first, last, minimum and maximum point is drawn at its own step.
+    missing = [p for p in _expected_extremes(steps, values, 100) if p not in drawn]
+    assert missing == []
+
+
+def test_database_downsampling_marks_gaps_and_ignores_them_for_min_max(team, member):
+    run = run_create(team=team, user=member, name="gappy")
+    points = [MetricPoint("acc", 0.5 + (i % 7) / 100, i, 1_000 + i) for i in range(5_000)]
+    points[2_222] = MetricPoint("acc", math.nan, 2_222, 3_222)
+    points[3_001] = MetricPoint("acc", math.inf, 3_001, 4_001)
+    run_log_batch(run=run, metrics=points)
+
+    (series,) = metric_series(runs=[run], key="acc", max_points=100)
+
+    drawn = dict(zip(series.steps, series.values, strict=True))
+    assert drawn.get(2_222, "absent") is None and drawn.get(3_001, "absent") is None
+    finite = [v for v in series.values if v is not None]
+    assert max(finite) == 0.56 and min(finite) == 0.5  # NaN (stored as 0) and Inf never count as extremes
+    assert len(series.steps) <= 100
+
+
+def test_series_are_cached_until_the_run_logs_new_points(
+    team, member, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    run = run_create(team=team, user=member, name="cached")
+    with django_capture_on_commit_callbacks(execute=True):
+        run_log_batch(run=run, metrics=[MetricPoint("loss", 1.0 / (i + 1), i, 1_000 + i) for i in range(2_000)])
+    first = metric_series(runs=[run], key="loss", max_points=100)
+    with django_assert_num_queries(0):
+        again = metric_series(runs=[run], key="loss", max_points=100)
+    assert again[0].steps == first[0].steps and again[0].total_points == 2_000
+    with django_capture_on_commit_callbacks(execute=True):
+        run_log_batch(run=run, metrics=[MetricPoint("loss", 7.0, 2_000, 9_000)])
+    (fresh,) = metric_series(runs=[run], key="loss", max_points=100)
+    assert fresh.total_points == 2_001 and fresh.steps[-1] == 2_000 and fresh.values[-1] == 7.0
+
+
+def test_metric_series_query_count_is_the_same_for_n_and_2n_runs(team, member, django_assert_num_queries):
+    runs = []
+    for r in range(8):
+        run = run_create(team=team, user=member, name=f"r{r}")
+        n = 600 if r % 2 else 50  # half downsampled, half drawn whole
+        run_log_batch(run=run, metrics=[MetricPoint("loss", float(i % 13), i, 1_000 + i) for i in range(n)])
+        runs.append(run)
+    with django_assert_num_queries(3):  # bounds, buckets, the short series' points
+        small = metric_series(runs=runs[:4], key="loss", max_points=200)
+    with django_assert_num_queries(3):
+        large = metric_series(runs=runs[4:], key="loss", max_points=200)
+    assert len(small) == len(large) == 4
+    assert [s.total_points for s in large] == [50, 600, 50, 600]
+    assert large[0].steps == list(range(50)) and len(large[1].steps) <= 200

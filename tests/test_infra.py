@@ -36,7 +36,7 @@ def test_embedded_defaults_are_sqlite_and_eager_celery():
 
 def test_database_and_redis_urls_switch_to_real_services():
     s = _settings_with({"DATABASE_URL": "postgres://u:p@db:5432/prod", "REDIS_URL": "redis://cache:6379/1"})
-    assert s["engine"] == "django.db.backends.postgresql"
+    assert s["engine"] == "mlboard.db_backends.postgresql"  # Django's backend, retrying connects
     assert s["name"] == "prod"
     assert s["eager"] is False
     assert s["broker"] == "redis://cache:6379/1"

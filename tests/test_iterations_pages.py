@@ -13,6 +13,7 @@ from django.utils import timezone
 from experiments.models import CardKind, Iteration, IterationItem, IterationState, Stage
 from experiments.services.boards import board_create
 from experiments.services.iterations import iteration_close, iteration_commit_card, iteration_create, iteration_start
+from experiments.services.purge import card_purge
 from tests.test_velocity_support import history, make_card, move, t
 
 pytestmark = pytest.mark.django_db
@@ -122,7 +123,7 @@ def test_closed_iteration_keeps_rows_of_deleted_cards(team, client_for, member, 
     hyp, _, it = plan
     iteration_commit_card(iteration=it, card=hyp, actor=member)
     iteration_close(iteration=it)
-    hyp.delete()
+    card_purge(card=hyp, actor=member)
     html = client_for(member).get(detail_url(team, it)).content.decode()
     assert "Mixup helps" in html and "(deleted since)" in html
 

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from experiments.models import LatestMetric, Metric, Run, TrackingExperiment
+from experiments.services.logged_models import DatasetSpec, run_log_inputs
 from experiments.services.runs import MetricPoint, run_create, run_log_batch, tracking_experiment_get_or_create
 from experiments.services.tokens import token_authenticate, token_create
 
@@ -89,7 +90,8 @@ def test_metrics_only_batch_query_count(post, team, member, django_assert_num_qu
 def test_search_runs_query_count(post, team, member, django_assert_num_queries, count):
     experiment = tracking_experiment_get_or_create(team=team, name="exp")
     _runs(team, member, experiment, count)
-    with django_assert_num_queries(5):  # token, membership, runs page, latest metrics, params
+    # token, membership, runs page, latest metrics, params, datasets, model inputs/outputs
+    with django_assert_num_queries(7):
         response = post("runs/search", {
             "experiment_ids": [str(experiment.pk)],
             "filter": "metrics.acc >= 0 and params.lr = '0.1' and tags.k != 'zz'",
@@ -107,7 +109,8 @@ def test_search_experiments_query_count(post, team, django_assert_num_queries, c
         tracking_experiment_get_or_create(team=team, name=f"exp-{i}")
     with django_assert_num_queries(3):
         response = post("experiments/search", {"max_results": 100, "order_by": ["name ASC"]})
-    assert [e["name"] for e in response.json()["experiments"]] == [f"exp-{i}" for i in range(count)]
+    # Every team has MLflow's Default experiment from the start.
+    assert [e["name"] for e in response.json()["experiments"]] == ["Default"] + [f"exp-{i}" for i in range(count)]
 
 
 @pytest.mark.parametrize("points", [500, 1000])
@@ -127,10 +130,18 @@ def test_get_run_query_count(get, team, member, django_assert_num_queries, count
         metrics=[MetricPoint(f"m{i}", i, 0, 1) for i in range(count)],
         params={f"p{i}": i for i in range(count)},
     )
-    with django_assert_num_queries(5):
+    run_log_inputs(run=run, datasets=[
+        DatasetSpec(f"d{i}", f"{i:08x}", "local", '{"uri": "/data"}', tags={"mlflow.data.context": "training"})
+        for i in range(count)
+    ])
+    # token, membership, run, latest metrics, params, datasets, model inputs/outputs
+    with django_assert_num_queries(7):
         response = get("runs/get", {"run_id": run.external_id})
     data = response.json()["run"]["data"]
     assert len(data["metrics"]) == count and len(data["params"]) == count
+    inputs = response.json()["run"]["inputs"]["dataset_inputs"]
+    assert [d["dataset"]["name"] for d in inputs] == [f"d{i}" for i in range(count)]
+    assert inputs[0]["tags"] == [{"key": "mlflow.data.context", "value": "training"}]
 
 
 def test_history_pages_with_explicit_page_size(get, team, member):
@@ -200,7 +211,7 @@ def test_oversized_batch_is_a_clear_400_not_a_server_error(post, team, member, s
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
 
 
-def test_viewer_never_creates_the_default_experiment(client, viewer, member, team, get, post):
+def test_default_experiment_exists_from_the_start_and_viewers_cannot_write(client, viewer, member, team, get, post):
     secret = token_create(user=viewer, name="ro", team=team)[1]
     headers = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
 
@@ -209,16 +220,12 @@ def test_viewer_never_creates_the_default_experiment(client, viewer, member, tea
             return client.get(f"{API}/{route}", payload, **headers)
         return client.post(f"{API}/{route}", data=json.dumps(payload), content_type="application/json", **headers)
 
-    def default_exists() -> bool:
-        return TrackingExperiment.objects.filter(team=team, name="Default").exists()
-
-    # Reads of the missing Default experiment: MLflow's not-found error, nothing created.
+    # A new team has MLflow's Default experiment (id 0) from the start: a viewer reads it.
+    default = TrackingExperiment.objects.get(team=team, name="Default")
     response = viewer_call("GET", "experiments/get", {"experiment_id": "0"})
-    assert response.status_code == 404
-    assert response.json() == {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No Experiment with id=0 exists"}
+    assert response.status_code == 200 and response.json()["experiment"]["experiment_id"] == str(default.pk)
     response = viewer_call("GET", "experiments/get-by-name", {"experiment_name": "Default"})
-    assert response.status_code == 404
-    assert response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST" and "'Default'" in response.json()["message"]
+    assert response.status_code == 200 and response.json()["experiment"]["name"] == "Default"
     response = viewer_call("POST", "runs/search", {"experiment_ids": ["0"]})
     assert response.status_code == 200 and response.json() == {"runs": []}
     # Writes that would create it: refused like any viewer write.
@@ -230,16 +237,12 @@ def test_viewer_never_creates_the_default_experiment(client, viewer, member, tea
         response = viewer_call("POST", route, payload)
         assert response.status_code == 403, route
         assert response.json()["error_code"] == "PERMISSION_DENIED" and "viewer" in response.json()["message"]
-    assert not default_exists() and not Run.objects.filter(team=team).exists()
+    assert not Run.objects.filter(team=team).exists()
 
-    # A member's first run creates it (as an MLflow server always has one); then the viewer reads it.
+    # A member's run in experiment 0 lands in it; the viewer sees it.
     response = post("runs/create", {"experiment_id": "0", "run_name": "first"})
     assert response.status_code == 200, response.content
-    default = TrackingExperiment.objects.get(team=team, name="Default")
-    response = viewer_call("GET", "experiments/get", {"experiment_id": "0"})
-    assert response.status_code == 200 and response.json()["experiment"]["experiment_id"] == str(default.pk)
-    response = viewer_call("GET", "experiments/get-by-name", {"experiment_name": "Default"})
-    assert response.status_code == 200 and response.json()["experiment"]["name"] == "Default"
+    assert Run.objects.get(team=team).experiment == default
     response = viewer_call("POST", "runs/search", {"experiment_ids": ["0"]})
     assert [r["info"]["run_name"] for r in response.json()["runs"]] == ["first"]
     response = viewer_call("POST", "experiments/set-experiment-tag", {"experiment_id": "0", "key": "k", "value": "v"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import time
@@ -33,6 +34,7 @@ from experiments.models import (
 )
 from experiments.services.boards import membership_set
 from experiments.services.cards import card_create
+from experiments.services.runs import FLOAT_MAX
 from experiments.services.tokens import token_create
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -114,6 +116,7 @@ def test_training_script_logs_into_the_tokens_team(tracking, member_token, membe
     assert latest["loss"].step == 4 and latest["loss"].value == pytest.approx(0.2)
     assert latest["acc"].step == 29 and latest["acc"].value == pytest.approx(0.79)
     assert latest["nan_metric"].is_nan and latest["nan_metric"].value == 0.0
+    # Kept as infinities (a diverged run); answered as MLflow answers them (below).
     assert latest["inf_metric"].value == math.inf and latest["neg_inf"].value == -math.inf
     assert run.tags["owner"] == "mo" and run.tags["phase"] == "train" and run.tags["mlboard.card"] == card.key
     assert CardRun.objects.get(run=run).card_id == card.pk
@@ -126,11 +129,13 @@ def test_training_script_logs_into_the_tokens_team(tracking, member_token, membe
     fetched = client.get_run(run_id)
     assert fetched.info.status == "FINISHED" and fetched.info.run_name == "baseline"
     assert fetched.info.experiment_id == experiment.experiment_id
-    assert fetched.info.user_id == member.username
+    # MLflow's user_id is the client's mlflow.user tag (the OS user running the script).
+    assert fetched.info.user_id == fetched.data.tags["mlflow.user"] == getpass.getuser()
     assert fetched.data.params["lr"] == "0.01" and fetched.data.params["batch_size"] == "32"
     assert fetched.data.metrics["auc"] == pytest.approx(0.91)
     assert math.isnan(fetched.data.metrics["nan_metric"])
-    assert fetched.data.metrics["inf_metric"] == math.inf and fetched.data.metrics["neg_inf"] == -math.inf
+    # As `mlflow server` returns them: its SQL store keeps infinities as the largest double.
+    assert fetched.data.metrics["inf_metric"] == FLOAT_MAX and fetched.data.metrics["neg_inf"] == -FLOAT_MAX
     assert fetched.data.tags["mlboard.card"] == card.key and fetched.data.tags["mlflow.runName"] == "baseline"
     history = client.get_metric_history(run_id, "loss")
     assert [(m.step, round(m.value, 4)) for m in history] == [(s, round(1.0 / (s + 1), 4)) for s in range(5)]
@@ -340,8 +345,14 @@ def test_auth_errors_and_team_resolution(tracking, live_server, member, viewer, 
     tracking(token_create(user=member, name="any")[1])
     experiment_id = mlflow.set_experiment("teamless").experiment_id
     assert TrackingExperiment.objects.get(pk=int(experiment_id)).team == team
-    # ...and is refused, clearly, once the user is in two teams.
+    # ...and keeps logging there after the user joins a second team (a running job must not stop).
     membership_set(team=other_team, user=member, role=Role.MEMBER)
+    assert MlflowClient().get_experiment(experiment_id).name == "teamless"
+    with mlflow.start_run() as run:
+        mlflow.log_metric("still", 1.0)
+    assert Run.objects.get(external_id=run.info.run_id).team == team
+    # A token never used before the user had two teams cannot guess: refused, clearly.
+    tracking(token_create(user=member, name="fresh")[1])
     with pytest.raises(MlflowException) as excinfo:
         MlflowClient().get_experiment(experiment_id)
     assert _error_code(excinfo) == "PERMISSION_DENIED"
@@ -408,15 +419,27 @@ def test_wire_format_errors_and_limits(live_server, member_token, team):
         f"{base}/runs/get", params={"run_id": run_id}, headers={"Authorization": f"Bearer {member_token}"}, timeout=30
     ).json()
     values = {m["key"]: m["value"] for m in got["run"]["data"]["metrics"]}
-    assert (values["n"], values["i"], values["j"]) == ("NaN", "Infinity", "-Infinity")
+    assert (values["n"], values["i"], values["j"]) == ("NaN", FLOAT_MAX, -FLOAT_MAX)
 
     bad_key = {"run_id": run_id, "key": "../up", "value": 1, "timestamp": 1}
     bad = _post(live_server, "runs/log-metric", member_token, bad_key)
     assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     no_ts = _post(live_server, "runs/log-metric", member_token, {"run_id": run_id, "key": "k", "value": 1})
     assert no_ts.status_code == 400 and "timestamp" in no_ts.json()["message"]
-    unknown = _post(live_server, "model-versions/create", member_token, {})
+    unknown = _post(live_server, "runs/no-such-endpoint", member_token, {})
     assert unknown.status_code == 404 and unknown.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    # Never HTML: unknown versions, unknown paths under /mlflow/ and trace endpoints answer JSON.
+    for path in ("api/3.0/mlflow/runs/get", "api/9.9/x", "ajax-api/2.0/nothing", "nothing/here"):
+        response = requests.get(f"{live_server.url}/mlflow/{path}", timeout=30)
+        assert response.status_code == 404, path
+        assert response.headers["Content-Type"] == "application/json", path
+        assert response.json()["error_code"] == "ENDPOINT_NOT_FOUND", path
+    for path in ("api/2.0/mlflow/traces", "api/3.0/mlflow/traces/tr-1/info"):
+        response = requests.post(
+            f"{live_server.url}/mlflow/{path}", json={}, headers={"Authorization": f"Bearer {member_token}"},
+            timeout=30,
+        )
+        assert response.status_code == 501 and response.json()["error_code"] == "NOT_IMPLEMENTED", path
     artifacts = requests.get(
         f"{live_server.url}/mlflow/api/2.0/mlflow-artifacts/artifacts/x",
         headers={"Authorization": f"Bearer {member_token}"}, timeout=30,

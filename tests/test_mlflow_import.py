@@ -175,7 +175,7 @@ def test_experiment_selection_and_unknown_name(team, fake):
 
 def test_bad_token_is_a_clear_error(team, fake):
     source = mlflow_source_upsert(team=team, name="legacy", tracking_uri=fake.url, token="wrong")
-    with pytest.raises(MlflowImportError, match=r"rejected the credentials \(HTTP 401\)"):
+    with pytest.raises(MlflowImportError, match=r"rejected the credentials \(HTTP 401 Unauthorized\)"):
         mlflow_source_sync(source=source)
     source.refresh_from_db()
     assert "credentials" in source.last_error

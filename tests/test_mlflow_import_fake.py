@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 PREFIX = "/api/2.0/mlflow/"
+ARTIFACTS_PREFIX = "/api/2.0/mlflow-artifacts/artifacts"
 FILTER_RE = re.compile(r"^attributes\.(start_time|end_time) >= (\d+)$")
 
 
@@ -28,6 +29,9 @@ class FakeMlflow:
         self.runs: dict[str, dict[str, Any]] = {}
         self.history: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        # mlflow-artifacts proxy (`mlflow server --serve-artifacts`): root-relative path -> bytes
+        self.artifacts: dict[str, bytes] = {}
+        self.artifact_downloads: list[str] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -74,6 +78,24 @@ class FakeMlflow:
     def finish(self, run_id: str, *, end: int, status: str = "FINISHED") -> None:
         self.runs[run_id]["info"].update(status=status, end_time=end)
 
+    def add_artifact(self, run_id: str, path: str, content: bytes) -> None:
+        """Store a file the way `mlflow server --serve-artifacts` does; the run's URI points at the proxy."""
+        info = self.runs[run_id]["info"]
+        root = f"{info['experiment_id']}/{run_id}/artifacts"
+        info["artifact_uri"] = f"mlflow-artifacts:/{root}"
+        self.artifacts[f"{root}/{path}"] = content
+
+    def _artifact_list(self, path: str) -> dict[str, Any]:
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        entries: dict[str, dict[str, Any]] = {}
+        for key, content in self.artifacts.items():
+            if not key.startswith(prefix):
+                continue
+            head, _, rest = key[len(prefix):].partition("/")
+            entries[head] = {"path": head, "is_dir": True} if rest else {
+                "path": head, "is_dir": False, "file_size": len(content)}
+        return {"files": sorted(entries.values(), key=lambda e: e["path"])} if entries else {}
+
     def calls(self, endpoint: str) -> list[dict[str, Any]]:
         return [args for _m, path, args in self.requests if path == endpoint]
 
@@ -110,8 +132,32 @@ class FakeMlflow:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _artifacts(self, parts: Any) -> None:
+                if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
+                    self._send(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid credentials"})
+                    return
+                rest = parts.path[len(ARTIFACTS_PREFIX):].strip("/")
+                if not rest:  # listing: GET .../artifacts?path=<dir>
+                    path = {k: v[0] for k, v in parse_qs(parts.query).items()}.get("path", "")
+                    self._send(200, fake._artifact_list(path))
+                    return
+                content = fake.artifacts.get(rest)
+                if content is None:
+                    self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No such file"})
+                    return
+                with fake._lock:
+                    fake.artifact_downloads.append(rest)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
             def _dispatch(self, method: str) -> None:
                 parts = urlsplit(self.path)
+                if method == "GET" and parts.path.startswith(ARTIFACTS_PREFIX):
+                    self._artifacts(parts)
+                    return
                 if not parts.path.startswith(PREFIX):
                     self._send(404, {})
                     self.close_connection = True

@@ -25,9 +25,12 @@ from experiments.services.runs import (
 
 METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # session + user + membership/team, then the page's own reads (see the selectors' docstrings).
-RUNS_LIST_QUERIES = 10
-CARD_PAGE_QUERIES = 14  # + 1: the images the linked runs logged (artifacts)
-CARD_CHART_QUERIES = 6
+# PostgreSQL asks the planner for a row estimate first (estimated counts at large sizes).
+RUNS_LIST_QUERIES = 10 + (connection.vendor == "postgresql")
+# 13 for the card, +5 teamwork (comments, mentions, watching, snapshot, similar hypotheses),
+# +5 verdict plan (progress (3), amendments, sample-size spread), +1 the images the runs logged (artifacts).
+CARD_PAGE_QUERIES = 24
+CARD_CHART_QUERIES = 8
 
 
 def make_run(team, user, name, *, status=RunStatus.FINISHED, params=None, auc=0.8, steps=5, start=None, **kw):
@@ -155,10 +158,12 @@ def test_runs_list_paginates_and_htmx_gets_results_only(client_for, member, team
     client = client_for(member)
     url = reverse("runs", args=[team.slug])
     first = client.get(url)
-    assert len(_names(first)) == 50 and "Page 1 of 2" in first.content.decode()
-    second = client.get(url, {"page": 2}, HTTP_HX_REQUEST="true")
+    assert len(_names(first)) == 50 and "Page 1 · runs 1\u201350 of 53" in first.content.decode()
+    token = re.search(r'after=([^"&]+)" hx-get', first.content.decode()).group(1)
+    second = client.get(url + "?after=" + token, HTTP_HX_REQUEST="true")
     body = second.content.decode()
     assert _names(second) == ["run-50", "run-51", "run-52"]
+    assert "Page 2 · runs 51\u201353 of 53" in body and "Next →" not in body
     assert "<html" not in body and 'hx-swap-oob="true"' in body
 
 
@@ -295,7 +300,7 @@ def test_card_page_hypothesis_fields_tree_history_and_runs(client_for, member, m
 
     assert response.status_code == 200
     for text in ("Tenure features lift AUC", "Adding tenure buckets raises AUC.", "Churn depends on tenure.",
-                 "val_auc ≥ 0.85 (higher is better), over at least 2 run(s)", experiment.key,
+                 "val_auc ≥ 0.85 (higher is better), decided on the first 2 run(s)", experiment.key,
                  "GBM with tenure buckets", "gbm-seed-1", "gbm-seed-2", "abc1234d"):
         assert text in body, text
     # History: who did what.
@@ -446,7 +451,7 @@ def proposed(hypothesis, team, member):
     from experiments.services.verdicts import verdict_propose
 
     for i, auc in enumerate((0.90, 0.91, 0.92)):
-        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc), actor=member)
+        card_link_run(card=hypothesis, run=make_run(team, member, f"seed-{i}", auc=auc, seed=i), actor=member)
     proposal = verdict_propose(card=hypothesis)
     assert proposal is not None
     return proposal
@@ -529,8 +534,12 @@ def test_baseline_toggle_and_unlink_re_judge_the_hypothesis(
 
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("card_run_unlink", args=[hypothesis.pk, run_ids[1]]))
-    newest = VerdictProposal.objects.filter(card=hypothesis).order_by("-id").first()
-    assert newest.pk != latest.pk and newest.stats["n"] == 1
+    # One usable run is left of the two planned: the open proposal no longer stands and none is made;
+    # the card shows the progress instead.
+    latest.refresh_from_db()
+    assert latest.status == VerdictStatus.SUPERSEDED
+    assert not VerdictProposal.objects.filter(card=hypothesis, status=VerdictStatus.PROPOSED).exists()
+    assert "1 of 2 runs" in client.get(reverse("card_detail", args=[hypothesis.pk])).content.decode()
 
 
 def test_unknown_metric_column_is_reported_by_its_label(client_for, member, team):
@@ -561,3 +570,50 @@ def test_card_page_edit_button_returns_to_the_card(client_for, member, viewer, e
     assert response["Location"] == page_url
     experiment.refresh_from_db()
     assert experiment.title == "Renamed experiment"
+
+
+# --- Keyset pages and estimated counts -----------------------------------------------------------
+
+
+def _all_pages(client, url, query) -> tuple[list[str], int]:
+    names, pages, after = [], 0, None
+    while True:
+        body = client.get(url, {**query, **({"after": after} if after else {})}).content.decode()
+        names += _names_from(body)
+        pages += 1
+        found = re.search(r'after=([^"&]+)" hx-get', body)
+        if not found:
+            return names, pages
+        after = found.group(1).replace("%3D", "=")
+
+
+@pytest.mark.parametrize("sort", ["-m:val_auc", "m:val_auc", "-start", "name", "-duration", "status"])
+def test_keyset_pages_walk_the_whole_order_once(client_for, member, team, monkeypatch, sort):
+    monkeypatch.setattr("experiments.web.run_views.PAGE_SIZE", 3)
+    now = timezone.now()
+    aucs = [0.7, 0.9, 0.8, 0.9, 0.6, 0.8, 0.75]
+    for i, auc in enumerate(aucs):  # ties on purpose: two 0.9s, two 0.8s
+        make_run(team, member, f"run-{i}", auc=auc, start=now - dt.timedelta(hours=i % 3))
+    for i in range(3):  # no metric, and one without a start time: they sort last
+        run_create(team=team, user=member, name=f"bare-{i}", start_time=None if i == 0 else now - dt.timedelta(days=i))
+    client = client_for(member)
+    url = reverse("runs", args=[team.slug])
+    monkeypatch.setattr("experiments.web.run_views.PAGE_SIZE", 100)
+    expected = _names(client.get(url, {"sort": sort}))
+    monkeypatch.setattr("experiments.web.run_views.PAGE_SIZE", 3)
+    names, pages = _all_pages(client, url, {"sort": sort})
+    assert names == expected and len(expected) == 10 and pages == 4
+
+
+def test_large_lists_show_an_estimated_count(client_for, member, team, monkeypatch):
+    for i in range(4):
+        make_run(team, member, f"run-{i}")
+    client = client_for(member)
+    url = reverse("runs", args=[team.slug])
+    assert "about <strong>" not in client.get(url).content.decode()
+    monkeypatch.setattr("experiments.selectors.runs.EXACT_COUNT_BELOW", 0)
+    body = client.get(url).content.decode()
+    if connection.vendor == "postgresql":
+        assert "about <strong>" in body  # the planner's estimate, not COUNT(*)
+    else:
+        assert "<strong>4</strong> runs" in body  # SQLite has no cheap estimate: always exact

@@ -207,24 +207,22 @@ def test_failed_webhook_is_recorded_and_email_not_resent(night, hook_factory):
     assert len(mail.outbox) == 1 and len(hook.bodies) == 2
 
 
-def test_unreachable_webhook_raises_for_retry(night, monkeypatch):
-    import requests
+def test_unreachable_webhook_raises_for_retry(night):
+    import socket
 
-    calls = []
-
-    def refuse(url, **kwargs):
-        calls.append(url)
-        raise requests.ConnectionError("connection refused")
-
-    monkeypatch.setattr("experiments.services.standup.requests.post", refuse)
-    night.webhook_url = "https://hooks.example.com/services/T000/B000/xyz"
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    night.webhook_url = f"http://127.0.0.1:{port}/services/T000/B000/xyz"
     night.save()
     digest = standup_digest_build(team=night, window_end=window_end_now())
     with pytest.raises(DeliveryError, match="connection refused"):
         standup_digest_deliver(digest=digest)
     digest.refresh_from_db()
-    assert calls == [night.webhook_url] and digest.webhook_sent_at is None
+    assert digest.webhook_sent_at is None
     assert "connection refused" in digest.webhook_error
+    delivery = digest.deliveries.get(channel="webhook")
+    assert delivery.sent_at is None and delivery.attempts == 1
 
 
 def test_beat_tick_builds_for_due_teams_only(night, other_team, django_capture_on_commit_callbacks):
@@ -472,3 +470,31 @@ def test_stuck_cards_link_to_their_card(night, board, site_url):
     stuck_block = next(b["text"]["text"] for b in standup_slack_payload(digest.content)["blocks"]
                        if b["type"] == "section" and b["text"]["text"].startswith("*Stuck*"))
     assert f"<{card_url(stuck.pk)}|{stuck.key}> Idle idea (30 h)" in stuck_block
+
+
+def test_slack_payload_is_escaped_everywhere_including_top_level_text(night, board, site_url):
+    night.name = "<!channel> & <@U123>"
+    night.save()
+    board.name = "<https://evil.example|click> board"
+    board.save()
+    digest = standup_digest_build(team=night, board=board, window_end=window_end_now())
+    content = digest.content
+    content["cards"][0]["title"] = "<!here> ship it"
+    payload = standup_slack_payload(content)
+    assert payload["text"].startswith("Standup &lt;!channel&gt; &amp; &lt;@U123&gt; / &lt;https://evil.example|click&gt;")
+
+    def strings(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    for text in strings(payload):
+        # The only control sequences left are mlboard's own links.
+        for piece in text.split("<")[1:]:
+            assert piece.startswith(SITE), text
+        assert "<!" not in text and "<@" not in text

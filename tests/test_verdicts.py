@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from experiments.errors import ConflictError, PermissionDeniedError
+from experiments.errors import ConflictError, DomainError, PermissionDeniedError
 from experiments.models import (
     Card,
     CardEvent,
@@ -44,6 +44,10 @@ def add_run(card: Card, value: float | None, *, key: str = METRIC, baseline: boo
 
 def add_runs(card: Card, values, **kw):
     return [add_run(card, v, **kw) for v in values]
+
+
+def amend(card: Card, reason: str = "Metric definition changed", **fields) -> Card:
+    return card_update(card=card, actor=None, expected_version=None, amendment_reason=reason, **fields)
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -109,14 +113,15 @@ def test_supported_when_whole_ci_clears_threshold(board):
 
 
 def test_latest_value_is_used_not_best(board):
-    card = make_hypothesis(board, min_runs=1, threshold=0.9)
-    run = run_create(team=board.team, status=RunStatus.FINISHED)
-    # Peaks at 0.95 mid-training, ends at 0.85: the latest (0.85) is the evidence.
-    run_log_metrics(run=run, points=[MetricPoint(METRIC, 0.95, step=5), MetricPoint(METRIC, 0.85, step=10)])
-    card_link_run(card=card, run=run, actor=None)
+    card = make_hypothesis(board, min_runs=2, threshold=0.95)
+    for last in (0.85, 0.86):
+        run = run_create(team=board.team, status=RunStatus.FINISHED)
+        # Peaks at 0.97 mid-training, ends lower: the latest value is the evidence.
+        run_log_metrics(run=run, points=[MetricPoint(METRIC, 0.97, step=5), MetricPoint(METRIC, last, step=10)])
+        card_link_run(card=card, run=run, actor=None)
     proposal = verdict_propose(card=card)
-    assert proposal.stats["mean"] == pytest.approx(0.85)
-    assert proposal.proposed == "refuted"
+    assert proposal.stats["mean"] == pytest.approx(0.855)
+    assert proposal.proposed == "refuted"  # CI .855 +- .064 is wholly below .95
 
 
 def test_ci_straddling_threshold_is_inconclusive(board):
@@ -136,36 +141,54 @@ def test_refuted_when_whole_ci_below_threshold(board):
     assert proposal.stats["ci_high"] < 0.8
 
 
-def test_too_few_runs_is_never_supported(board):
+def test_too_few_runs_is_never_supported_nor_proposed(board):
+    from experiments.services.verdicts import verdict_evaluate, verdict_progress
+
     card = make_hypothesis(board, min_runs=3)
     add_runs(card, [0.95, 0.96])
     add_run(card, 0.99, status=RunStatus.RUNNING)  # not finished: not evidence
-    proposal = verdict_propose(card=card)
-    assert proposal.proposed == "inconclusive"
-    assert proposal.stats["n"] == 2 and proposal.stats["unfinished"] == 1
-    assert "at least 3" in proposal.explanation and "not finished" in proposal.explanation
+    assert verdict_propose(card=card) is None  # no "inconclusive" proposal before the planned runs
+    evaluation = verdict_evaluate(card=card)
+    assert not evaluation.ready and evaluation.verdict is None
+    assert evaluation.stats["progress"] == "2 of 3 runs"
+    progress = verdict_progress(card=card)
+    assert (progress.usable, progress.planned, progress.running, progress.ready) == (2, 3, 1, False)
 
 
-def test_nan_runs_are_excluded_and_counted(board):
+def test_diverged_runs_are_listed_and_block_supported(board):
     card = make_hypothesis(board)
+    nan_run = add_run(card, math.nan)  # diverged: evidence against the idea, never dropped silently
+    missing = add_run(card, None)  # finished but never logged the metric: excluded, not a failure
     runs = add_runs(card, [0.86, 0.87, 0.88])
-    nan_run = add_run(card, math.nan)
-    add_run(card, None)  # finished but never logged the metric
     proposal = verdict_propose(card=card)
     s = proposal.stats
     assert s["n"] == 3 and s["excluded_nan"] == 1 and s["missing_metric"] == 1
     assert s["mean"] == pytest.approx(0.87)
     assert nan_run.pk in s["excluded_run_ids"] and nan_run.pk not in s["run_ids"]
     assert s["run_ids"] == sorted(r.pk for r in runs)
-    assert proposal.proposed == "supported"
-    assert "NaN" in proposal.explanation
+    reasons = {e["run_id"]: (e["reason"], e["failure"]) for e in s["excluded"]}
+    assert reasons == {nan_run.pk: ("diverged (NaN)", True), missing.pk: ("never logged the metric", False)}
+    # 1 of 4 runs failed: 25% is more than the default 20% share, so supported is blocked.
+    assert s["failures"] == 1 and s["failure_share"] == pytest.approx(0.25) and s["failures_block"]
+    assert proposal.proposed == "inconclusive"
+    assert "blocks supported" in proposal.explanation and "diverged (NaN)" in proposal.explanation
 
 
-def test_nan_can_push_below_min_runs(board):
+def test_failures_allowed_by_the_plan_do_not_block(board):
+    card = make_hypothesis(board, failures_count=False)
+    add_run(card, math.inf)
+    add_run(card, 0.9, status=RunStatus.FAILED)
+    add_runs(card, [0.86, 0.87, 0.88])
+    proposal = verdict_propose(card=card)
+    assert proposal.proposed == "supported" and proposal.stats["failures"] == 0
+    assert sorted(e["reason"] for e in proposal.stats["excluded"]) == ["diverged (infinite)", "run failed"]
+
+
+def test_nan_can_keep_the_plan_unmet(board):
     card = make_hypothesis(board)
     add_runs(card, [0.9, 0.91, math.nan])
-    proposal = verdict_propose(card=card)
-    assert proposal.proposed == "inconclusive" and proposal.stats["n"] == 2 and proposal.stats["excluded_nan"] == 1
+    assert verdict_propose(card=card) is None
+    assert VerdictProposal.objects.filter(card=card).count() == 0
 
 
 def test_minimize_direction(board, member):
@@ -173,10 +196,15 @@ def test_minimize_direction(board, member):
     add_runs(card, [0.30, 0.31, 0.32], key="val_loss")
     proposal = verdict_propose(card=card)
     assert proposal.proposed == "supported"  # CI .31 +- .025 entirely below 0.4
-    # Tightening the criterion is new information: a fresh proposal that supersedes the old one.
-    card = card_update(card=card, actor=member, expected_version=None, threshold=0.25)
+    # The criterion froze with the first run: tightening it needs a reason and is an amendment.
+    with pytest.raises(DomainError, match="froze"):
+        card_update(card=card, actor=member, expected_version=None, threshold=0.25)
+    card = card_update(card=card, actor=member, expected_version=None, threshold=0.25,
+                       amendment_reason="Product asked for 0.25")
     second = verdict_propose(card=card)
     assert second.proposed == "refuted"  # whole CI above 0.25: worse than required
+    assert second.stats["exploratory"] and second.stats["amended_after_runs"] == 3
+    assert second.explanation.startswith("Exploratory (criterion amended after 3 runs)")
     proposal.refresh_from_db()
     assert proposal.status == VerdictStatus.SUPERSEDED
 
@@ -237,7 +265,7 @@ def test_delta_over_baseline_runs_minimize(board):
     assert proposal.proposed == "supported"
 
 
-def test_experiment_baseline_run_is_a_fixed_baseline(board):
+def test_one_baseline_run_counts_its_noise_with_pooled_variance(board):
     hypothesis = make_hypothesis(board, threshold=None, min_delta=0.05)
     base = run_create(team=board.team, status=RunStatus.FINISHED)
     run_log_metrics(run=base, points=[MetricPoint(METRIC, 0.75, step=3)])
@@ -247,8 +275,10 @@ def test_experiment_baseline_run_is_a_fixed_baseline(board):
     s = verdict_propose(card=hypothesis).stats
     assert s["baseline"] == pytest.approx(0.75) and s["baseline_source"] == "runs" and s["baseline_n"] == 1
     assert s["baseline_run_ids"] == [base.pk] and base.pk not in s["run_ids"]
-    half = t_quantile(0.975, 2) * 0.01 / math.sqrt(3)
-    assert s["delta_ci_low"] == pytest.approx(0.12 - half)  # single baseline value: treated as fixed
+    # Pooled two-sample t: the candidate's SD stands for the baseline's noise, se = s * sqrt(1/3 + 1/1).
+    half = t_quantile(0.975, 2) * 0.01 * math.sqrt(1 / 3 + 1)
+    assert s["delta_ci_low"] == pytest.approx(0.12 - half) and s["design"] == "pooled"
+    assert s["n_candidate"] == 3 and s["n_baseline"] == 1
 
 
 def test_min_delta_without_baseline_is_inconclusive(board):
@@ -271,16 +301,22 @@ def test_threshold_and_delta_both_required(board):
     assert proposal.proposed == "refuted"
 
 
-def test_idempotent_and_superseded_by_new_runs(board):
+def test_decided_once_later_runs_do_not_redecide_but_amendments_do(board):
     card = make_hypothesis(board)
     add_runs(card, [0.86, 0.87])
-    first = verdict_propose(card=card)
-    assert first.proposed == "inconclusive"
-    assert verdict_propose(card=card) is None  # same runs: nothing new
-    assert VerdictProposal.objects.filter(card=card).count() == 1
+    assert verdict_propose(card=card) is None  # 2 of 3: no proposal yet
     add_run(card, 0.88)
+    first = verdict_propose(card=card)
+    assert first.proposed == "supported"
+    assert verdict_propose(card=card) is None  # same runs: nothing new
+    later = add_run(card, 0.10)  # a later run is shown but does not re-decide
+    assert verdict_propose(card=card) is None
+    assert VerdictProposal.objects.filter(card=card).count() == 1
+    evaluation_stats = __import__("experiments.services.verdicts", fromlist=["x"]).verdict_evaluate(card=card).stats
+    assert evaluation_stats["later_run_ids"] == [later.pk] and evaluation_stats["n"] == 3
+    card = amend(card, threshold=0.9)
     second = verdict_propose(card=card)
-    assert second is not None and second.proposed == "supported"
+    assert second is not None and second.proposed == "refuted" and second.stats["exploratory"]
     first.refresh_from_db()
     assert first.status == VerdictStatus.SUPERSEDED and second.status == VerdictStatus.PROPOSED
     assert verdict_propose(card=card) is None
@@ -354,17 +390,14 @@ def test_cannot_decide_twice_or_a_superseded_proposal(board, member):
         verdict_decide(proposal=proposal, actor=member, verdict="refuted")
 
     card = make_hypothesis(board)
-    add_runs(card, [0.86, 0.87])
+    add_runs(card, [0.86, 0.87, 0.88])
     old = verdict_propose(card=card)
-    add_run(card, 0.88)
-    verdict_propose(card=card)
+    verdict_propose(card=amend(card, threshold=0.85))
     with pytest.raises(ConflictError, match="newer"):
         verdict_decide(proposal=old, actor=member)
 
 
 def test_unknown_verdict_rejected(board, member):
-    from experiments.errors import DomainError
-
     proposal = _proposal(board)
     with pytest.raises(DomainError, match="Unknown verdict"):
         verdict_decide(proposal=proposal, actor=member, verdict="maybe")
@@ -397,14 +430,15 @@ def test_pending_selector_constant_queries(board, team, django_assert_num_querie
 def test_evaluation_queries_do_not_grow_with_runs(board, django_assert_num_queries):
     from experiments.services.verdicts import verdict_evaluate
 
-    small, large = make_hypothesis(board), make_hypothesis(board)
+    small, large = make_hypothesis(board), make_hypothesis(board, min_runs=6)
     add_runs(small, [0.86, 0.87, 0.88])
     add_runs(small, [0.7, 0.71], baseline=True)
     add_runs(large, [0.86, 0.87, 0.88] * 2)
     add_runs(large, [0.7, 0.71] * 2, baseline=True)
-    with django_assert_num_queries(3):
+    # Links, experiments' baselines, latest metrics, amendments: four queries whatever the number of runs.
+    with django_assert_num_queries(4):
         assert verdict_evaluate(card=small).stats["n"] == 3
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         assert verdict_evaluate(card=large).stats["n"] == 6
 
 
@@ -415,10 +449,9 @@ def test_pending_selector_is_team_scoped(board, other_team):
 
 def test_card_history_selector(board):
     card = make_hypothesis(board)
-    add_runs(card, [0.86, 0.87])
+    add_runs(card, [0.86, 0.87, 0.88])
     verdict_propose(card=card)
-    add_run(card, 0.88)
-    verdict_propose(card=card)
+    verdict_propose(card=amend(card, threshold=0.85))
     history = verdict_proposals_for_card(card=card)
     assert [p.status for p in history] == [VerdictStatus.PROPOSED, VerdictStatus.SUPERSEDED]
 

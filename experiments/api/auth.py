@@ -6,6 +6,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from ..services.tokens import token_authenticate
+from ..throttles import client_ip, throttle_blocked, throttle_hit
 
 
 class TokenAuthentication(authentication.BaseAuthentication):
@@ -17,8 +18,13 @@ class TokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(header) != 2:
             raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
+        # Guessing tokens: an address with too many failed token logins waits, whatever it sends next.
+        wait = throttle_blocked(scope="auth_failure", ident=client_ip(request) or "unknown")
+        if wait is not None:
+            raise exceptions.Throttled(wait, "Too many failed token logins from your address.")
         token = token_authenticate(secret=header[1].decode(errors="replace"))
         if token is None:
+            throttle_hit(scope="auth_failure", ident=client_ip(request) or "unknown")
             raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
         return token.user, token
 

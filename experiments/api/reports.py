@@ -365,6 +365,8 @@ class GateSerializer(serializers.Serializer):
     metric = serializers.CharField(source="gate.metric")
     threshold = serializers.CharField(source="gate.describe_threshold")
     state = serializers.CharField(help_text="met, unmet or insufficient.")
+    weeks_met = serializers.IntegerField(help_text="Local calendar weeks of the window in which the gate was shown.")
+    weeks_needed = serializers.IntegerField(help_text="Weeks the level needs it in (sustained, not one sitting).")
     current = serializers.CharField()
     next_step = serializers.CharField()
 

@@ -13,6 +13,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import (
+    AnalysisScale,
+    AnalysisTest,
     ApiToken,
     Board,
     Card,
@@ -98,8 +100,14 @@ class ErrorSerializer(serializers.Serializer):
 # --- Teams and boards ------------------------------------------------------------------------------
 
 
+@extend_schema_field({"type": "string", "pattern": r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$", "example": "09:30:00"})
+class LocalTimeField(serializers.TimeField):
+    """A wall-clock time in the team's zone: no UTC offset, so not OpenAPI's `format: time` (RFC 3339)."""
+
+
 class TeamSerializer(serializers.ModelSerializer):
     role = serializers.ChoiceField(source="my_role", choices=Role.choices, read_only=True, help_text="Your role.")
+    standup_time = LocalTimeField(read_only=True, help_text="Daily standup, in the team's time zone.")
 
     class Meta:
         model = Team
@@ -161,6 +169,9 @@ class CardSerializer(serializers.ModelSerializer):
     stage = serializers.CharField(source="column.stage", read_only=True)
     owner_name = serializers.CharField(source="owner.label", read_only=True, allow_null=True)
     tags = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    # Blank until set: the schema must allow "" as well as the choices.
+    direction = serializers.ChoiceField(choices=Direction.choices, allow_blank=True, read_only=True)
+    verdict = serializers.ChoiceField(choices=VerdictChoice.choices, allow_blank=True, read_only=True)
 
     class Meta:
         model = Card
@@ -170,7 +181,8 @@ class CardSerializer(serializers.ModelSerializer):
             "flagged", "flag_reason", "created_at", "updated_at", "started_at", "completed_at",
             # hypothesis
             "statement", "rationale", "metric_key", "direction", "threshold", "min_delta", "min_runs",
-            "criteria_set_at",
+            "criteria_set_at", "analysis_test", "analysis_scale", "paired", "equivalence_margin", "smallest_effect",
+            "failures_count", "max_failure_share", "criteria_frozen_at",
             # experiment
             "plan", "baseline_run", "baseline_value",
             # result (and a hypothesis's decided verdict)
@@ -199,7 +211,21 @@ class _CardFieldsSerializer(StrictSerializer):
     )
     threshold = serializers.FloatField(required=False, allow_null=True)
     min_delta = serializers.FloatField(required=False, allow_null=True)
-    min_runs = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+    min_runs = serializers.IntegerField(
+        required=False, min_value=1, max_value=1000, help_text="Planned runs (distinct seeds) per arm."
+    )
+    analysis_test = serializers.ChoiceField(
+        choices=AnalysisTest.choices, required=False, error_messages=_choice_error("analysis_test", AnalysisTest.values)
+    )
+    analysis_scale = serializers.ChoiceField(
+        choices=AnalysisScale.choices, required=False,
+        error_messages=_choice_error("analysis_scale", AnalysisScale.values),
+    )
+    paired = serializers.BooleanField(required=False)
+    equivalence_margin = serializers.FloatField(required=False, allow_null=True)
+    smallest_effect = serializers.FloatField(required=False, allow_null=True)
+    failures_count = serializers.BooleanField(required=False)
+    max_failure_share = serializers.FloatField(required=False, min_value=0, max_value=1)
     plan = serializers.CharField(required=False, allow_blank=True)
     baseline_value = serializers.FloatField(required=False, allow_null=True)
     verdict = serializers.ChoiceField(
@@ -260,6 +286,10 @@ class CardCreateSerializer(_CardFieldsSerializer):
 class CardUpdateSerializer(_CardFieldsSerializer):
     version = serializers.IntegerField(
         min_value=1, help_text="The card version you last read; a stale version is rejected with 409."
+    )
+    amendment_reason = serializers.CharField(
+        required=False, allow_blank=True,
+        help_text="Required when changing a hypothesis's criterion or plan after its first run started.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -10,11 +10,11 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -32,6 +32,7 @@ from ..services.runs import (
 )
 from ..services.tokens import token_create, token_revoke
 from . import selectors
+from .parsers import LenientJSONParser
 from .serializers import (
     BoardFilterSerializer,
     BoardSerializer,
@@ -72,20 +73,32 @@ ERR_409 = OpenApiResponse(ErrorSerializer, description="Stale `version`: reload 
 WRITE_ERRORS = {400: ERR_400, 403: ERR_403, 404: ERR_404}
 
 
-class Pagination(LimitOffsetPagination):
+class StrictLimitOffset(LimitOffsetPagination):
+    """limit and offset as documented (one non-negative integer each), or a 400 naming the parameter;
+    DRF's default silently ignores malformed values."""
+
+    def _strict(self, request: Request, name: str, minimum: int) -> None:
+        values = request.query_params.getlist(name)
+        if not values:
+            return
+        value = values[0]
+        if len(values) > 1 or not value.isascii() or not value.isdigit() or int(value) < minimum or len(value) > 18:
+            raise serializers.ValidationError({name: [f"Must be one integer of at least {minimum}."]})
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self._strict(request, self.limit_query_param, 1)
+        self._strict(request, self.offset_query_param, 0)
+        return super().paginate_queryset(queryset, request, view)
+
+
+class Pagination(StrictLimitOffset):
     default_limit = 100
     max_limit = 1000
 
 
-class HistoryPagination(LimitOffsetPagination):
+class HistoryPagination(StrictLimitOffset):
     default_limit = 1000
     max_limit = 10000
-
-
-class LenientJSONParser(JSONParser):
-    """Accepts the NaN/Infinity literals Python's json module writes by default (metric values)."""
-
-    strict = False
 
 
 class ScopedViewSet(viewsets.GenericViewSet):
@@ -220,7 +233,10 @@ class CardViewSet(mixins.RetrieveModelMixin, ScopedViewSet):
         data = self.validated(CardUpdateSerializer, card=card)
         version = data.pop("version")
         tags = data.pop("tags", None)
-        card = card_update(card=card, actor=request.user, expected_version=version, tags=tags, **data)
+        reason = data.pop("amendment_reason", "")
+        card = card_update(
+            card=card, actor=request.user, expected_version=version, tags=tags, amendment_reason=reason, **data
+        )
         return self._out(card)
 
     @extend_schema(
@@ -481,6 +497,7 @@ def api_index(request: HttpRequest) -> JsonResponse:
     )
 
 
+@csrf_exempt  # any method on an unknown path is a JSON 404, not a CSRF page
 def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
     """JSON 404 for unknown /api/ paths; hints at the trailing slash clients often forget."""
     message = f"No API endpoint at {request.path}. See /api/docs/ for the list."

@@ -18,13 +18,16 @@ from functools import wraps
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import DataError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..errors import ConflictError, DomainError, PermissionDeniedError
+from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Team, User
-from ..services.runs import IngestError
-from ..services.tokens import token_authenticate
+from ..services.runs import FLOAT_MAX, IngestError
+from ..services.tokens import token_authenticate, token_bind_team
+from ..throttles import client_ip, throttle_blocked, throttle_hit
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +41,19 @@ STATUS_FOR_CODE = {
     "RESOURCE_DOES_NOT_EXIST": 404,
     "ENDPOINT_NOT_FOUND": 404,
     "RESOURCE_CONFLICT": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "INVALID_STATE": 400,
     "INTERNAL_ERROR": 500,
     "NOT_IMPLEMENTED": 501,
 }
 
 
 class MlflowApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def invalid(message: str) -> MlflowApiError:
@@ -58,7 +64,7 @@ def not_found(message: str) -> MlflowApiError:
     return MlflowApiError("RESOURCE_DOES_NOT_EXIST", message)
 
 
-def error_response(code: str, message: str) -> HttpResponse:
+def error_response(code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
     response = HttpResponse(
         json.dumps({"error_code": code, "message": message}),
         status=STATUS_FOR_CODE.get(code, 500),
@@ -66,15 +72,22 @@ def error_response(code: str, message: str) -> HttpResponse:
     )
     if code == "UNAUTHENTICATED":
         response["WWW-Authenticate"] = 'Bearer realm="mlboard"'
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
 
 
+def _too_many(wait: float, what: str) -> MlflowApiError:
+    return MlflowApiError("RESOURCE_EXHAUSTED", f"{what} Retry in {max(1, math.ceil(wait))} s.", retry_after=wait)
+
+
 def json_number(value: float) -> float | str:
-    """Proto-JSON doubles: NaN and infinities travel as strings (JSON has no literal for them)."""
+    """Proto-JSON doubles: NaN travels as a string; an infinity as the largest double, which is what
+    `mlflow server`'s SQL store gives back for one (services/runs.FLOAT_MAX)."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
+        return FLOAT_MAX if value > 0 else -FLOAT_MAX
     return value
 
 
@@ -134,14 +147,23 @@ def authenticate(request: HttpRequest) -> Caller:
             "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
             "(create one under Account → API tokens).",
         )
+    ip = client_ip(request) or "unknown"
+    wait = throttle_blocked(scope="auth_failure", ident=ip)
+    if wait is not None:
+        raise _too_many(wait, "Too many failed token logins from your address.")
     token = token_authenticate(secret=secret)
     if token is None:
+        throttle_hit(scope="auth_failure", ident=ip)
         raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
+    wait = throttle_hit(scope="mlflow", ident=f"token:{token.pk}")
+    if wait is not None:
+        raise _too_many(wait, "Request rate limit for this API token reached (THROTTLE_MLFLOW).")
     return Caller(user=token.user, token=token, membership=_membership_for(token))
 
 
 def _membership_for(token: ApiToken) -> Membership:
-    """The token's team; a token without one logs into the user's only team."""
+    """The token's team; a token without one logs into the user's only team, and is pinned to it
+    from then on (a running job must not stop logging when its user joins a second team)."""
     if token.team_id is not None:
         membership = Membership.objects.select_related("team").filter(user_id=token.user_id, team_id=token.team_id)
         found = membership.first()
@@ -153,6 +175,7 @@ def _membership_for(token: ApiToken) -> Membership:
         return found
     memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
     if len(memberships) == 1:
+        token_bind_team(token=token, team=memberships[0].team)
         return memberships[0]
     if not memberships:
         raise MlflowApiError("PERMISSION_DENIED", "You are not a member of any team, so there is nowhere to log runs.")
@@ -196,18 +219,34 @@ class Body:
             raise invalid(f"Invalid value {json.dumps(value)} for parameter '{name}' supplied: expected a string.")
         return value
 
+    def string_value(self, name: str) -> str:
+        """A string field checked as MLflow's request schema does (set-tag's value: 123 is refused)."""
+        value = self.get(name)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            formatted = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            raise invalid(
+                f"Invalid value {formatted} for parameter '{name}' supplied: Hint: Value was of type "
+                f"'{type(value).__name__}'. See the API docs for more information about request parameters."
+            )
+        return value
+
     def integer(self, name: str, *, required: bool = False, default: int | None = None) -> int | None:
         value = self.get(name)
         if value is None or value == "":
             if required:
                 raise invalid(f"Missing value for required parameter '{name}'.")
             return default
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
             raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.")
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.") from None
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise invalid(f"Parameter '{name}' must be an integer, got '{str(value)[:40]}'.") from None
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise invalid(f"Parameter '{name}' is out of range: it must fit in a 64-bit integer.")
+        return number
 
     def run_id(self) -> str:
         value = self.get("run_id") or self.get("run_uuid")
@@ -220,6 +259,7 @@ class Body:
 
 def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
     if request.method == "GET":
+        check_mapping(request.GET)
         return Body({key: request.GET.getlist(key) for key in request.GET}, from_query=True)
     try:
         raw = request.body
@@ -230,7 +270,8 @@ def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
     if not raw.strip():
         return Body({}, from_query=False)
     try:
-        data = json.loads(raw)
+        # HostileInputError (NUL, lone surrogates, depth, out-of-range numbers) propagates as a DomainError.
+        data = json_loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MlflowApiError("BAD_REQUEST", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
@@ -240,7 +281,7 @@ def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
 
 # --- The decorator -----------------------------------------------------------------------------
 
-Handler = Callable[[Caller, Body], dict[str, Any]]
+Handler = Callable[..., dict[str, Any]]
 
 
 def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Handler], Callable[..., HttpResponse]]:
@@ -257,10 +298,11 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
             try:
                 caller = authenticate(request)
                 body = parse_body(request, max_bytes=max_bytes)
-                return json_response(handler(caller, body))
+                return json_response(handler(caller, body, **kwargs))
             except Exception as exc:
                 return exception_response(request, exc)
 
+        view.mlflow_methods = methods  # type: ignore[attr-defined]  # the fuzz tests read which methods to send
         return view
 
     return decorate
@@ -269,7 +311,7 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
 def exception_response(request: HttpRequest, exc: Exception) -> HttpResponse:
     """Every failure of an MLflow endpoint as MLflow's error JSON (never an HTML page)."""
     if isinstance(exc, MlflowApiError):
-        return error_response(exc.code, exc.message)
+        return error_response(exc.code, exc.message, retry_after=exc.retry_after)
     if isinstance(exc, IngestError):
         return error_response(exc.mlflow_code, exc.message)
     if isinstance(exc, PermissionDeniedError):
@@ -278,5 +320,11 @@ def exception_response(request: HttpRequest, exc: Exception) -> HttpResponse:
         return error_response("RESOURCE_CONFLICT", exc.message)
     if isinstance(exc, DomainError):
         return error_response("INVALID_PARAMETER_VALUE", exc.message)
+    if isinstance(exc, DataError | OverflowError):
+        # The database refused a value (too long, out of range) that validation let through.
+        logger.warning("MLflow-compatible endpoint %s: value refused by the database", request.path)
+        return error_response(
+            "INVALID_PARAMETER_VALUE", "A value in the request is too long or out of range for mlboard."
+        )
     logger.error("MLflow-compatible endpoint %s failed", request.path, exc_info=exc)
     return error_response("INTERNAL_ERROR", "Internal error in mlboard; the server log has the details.")

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery, TextField
+from django.db.models import Exists, F, FilteredRelation, OuterRef, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
+from ..inputs import INT64_MAX
 from ..models import LatestMetric, Param
 from ..services.runs import ms_to_dt
 from .http import invalid
@@ -50,6 +51,11 @@ RUN_STRING_ATTRIBUTES = {
 }
 RUN_TIME_ATTRIBUTES = {"start_time": "start_time", "created": "start_time", "end_time": "end_time"}
 MAX_CONDITIONS = 50
+MAX_FILTER_LENGTH = 20_000
+# LIKE patterns become regular expressions; each wildcard multiplies the backtracking a regex engine
+# may do (SQLite runs Python's re), so a pattern of thousands of '%' would pin a worker.
+MAX_LIKE_LENGTH = 1000
+MAX_LIKE_WILDCARDS = 16
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,8 @@ class _Parser:
 def parse_filter(text: str | None) -> list[Condition]:
     if not text or not text.strip():
         return []
+    if len(text) > MAX_FILTER_LENGTH:
+        raise invalid(f"A search filter may be at most {MAX_FILTER_LENGTH} characters long.")
     return _Parser(tokenize(text)).conditions()
 
 
@@ -234,6 +242,11 @@ def tag_value(key: str) -> Cast:
 
 
 def like_to_regex(pattern: str) -> str:
+    if len(pattern) > MAX_LIKE_LENGTH:
+        raise invalid(f"A LIKE pattern may be at most {MAX_LIKE_LENGTH} characters long.")
+    pattern = re.sub(r"%{2,}", "%", pattern)  # '%%%' matches what '%' matches
+    if pattern.count("%") + pattern.count("_") > MAX_LIKE_WILDCARDS:
+        raise invalid(f"A LIKE pattern may have at most {MAX_LIKE_WILDCARDS} wildcards (% or _).")
     out = []
     for char in pattern:
         out.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
@@ -326,8 +339,13 @@ def order_runs(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> Quer
     for index, (entity, key, ascending) in enumerate(clauses):
         alias = f"_order{index}"
         if entity == "metric":
-            latest = LatestMetric.objects.filter(run=OuterRef("pk"), key=key, is_nan=False).values("value")[:1]
-            queryset = queryset.alias(**{alias: Subquery(latest)})
+            # A LEFT JOIN on the (run, key) unique index, not a correlated subquery per run.
+            relation = f"{alias}_metric"
+            queryset = queryset.alias(
+                **{relation: FilteredRelation(
+                    "latest_metrics", condition=Q(latest_metrics__key=key, latest_metrics__is_nan=False)
+                )}
+            ).alias(**{alias: F(f"{relation}__value")})
         elif entity == "param":
             value = Param.objects.filter(run=OuterRef("pk"), key=key).values("value")[:1]
             queryset = queryset.alias(**{alias: Subquery(value)})
@@ -339,8 +357,11 @@ def order_runs(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> Quer
             raise invalid(f"Invalid order_by key '{key}'.")
         expression = F(alias)
         ordering.append(expression.asc(nulls_last=True) if ascending else expression.desc(nulls_last=True))
-    # MLflow's default, and a unique tie-breaker so offset pages never overlap.
-    ordering += [F("start_time").desc(nulls_last=True), F("pk").asc()]
+    # MLflow's tie-breakers (SqlAlchemyStore): start_time DESC unless already ordered by it, then the
+    # run id; pk last so offset pages never overlap.
+    if not any(entity == "attribute" and RUN_TIME_ATTRIBUTES.get(key) == "start_time" for entity, key, _ in clauses):
+        ordering.append(F("start_time").desc(nulls_last=True))
+    ordering += [F("external_id").asc(), F("pk").asc()]
     return queryset.order_by(*ordering)
 
 
@@ -368,6 +389,6 @@ def offset_from(token: str | None) -> int:
     if data is None:
         return 0
     offset = data["offset"]
-    if not isinstance(offset, int) or offset < 0:
-        raise invalid(f"Invalid page token {token!r}.")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= INT64_MAX // 2:
+        raise invalid(f"Invalid page token {token[:100]!r}.")
     return offset

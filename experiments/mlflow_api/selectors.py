@@ -10,10 +10,12 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
 
-from ..models import LatestMetric, Metric, Param, Run, Team, TrackingExperiment
+from ..inputs import INT64_MAX, INT64_MIN
+from ..models import LatestMetric, Metric, Param, Run, RunDataset, RunModelIO, Team, TrackingExperiment
 from ..services.artifacts import experiment_artifact_location, run_artifact_uri
 from ..services.runs import ACTIVE, DEFAULT_EXPERIMENT_NAME, RUN_NAME_TAG, dt_to_ms
 from .http import invalid, json_number, not_found
+from .model_selectors import run_inputs_json, run_outputs_json
 from .search import (
     decode_token,
     encode_token,
@@ -81,11 +83,11 @@ def metric_json(key: str, value: float, is_nan: bool, step: int, timestamp: int)
 
 
 def run_json(run: Run) -> dict[str, Any]:
-    """Needs run.latest_metrics and run.params prefetched (see with_data)."""
+    """Needs run.latest_metrics, params, datasets and model_io prefetched (see with_data)."""
     tags = dict(run.tags or {})
     if run.name and RUN_NAME_TAG not in tags:
         tags[RUN_NAME_TAG] = run.name
-    return {
+    data: dict[str, Any] = {
         "info": run_info_json(run),
         "data": {
             "metrics": [
@@ -94,14 +96,20 @@ def run_json(run: Run) -> dict[str, Any]:
             "params": [{"key": p.key, "value": p.value} for p in run.params.all()],
             "tags": [{"key": k, "value": str(v)} for k, v in tags.items()],
         },
-        "inputs": {},
+        "inputs": run_inputs_json(run),
     }
+    outputs = run_outputs_json(run)
+    if outputs:
+        data["outputs"] = outputs
+    return data
 
 
 def with_data(queryset: QuerySet[Run]) -> QuerySet[Run]:
     return queryset.prefetch_related(
         Prefetch("latest_metrics", queryset=LatestMetric.objects.order_by("key")),
         Prefetch("params", queryset=Param.objects.order_by("key")),
+        Prefetch("datasets", queryset=RunDataset.objects.order_by("created_at", "pk")),
+        Prefetch("model_io", queryset=RunModelIO.objects.select_related("model").order_by("pk")),
     )
 
 
@@ -112,7 +120,7 @@ def experiment_by_id(*, team: Team, experiment_id: str) -> TrackingExperiment | 
     """None means the team's Default experiment (id '0'), which services create on first use."""
     if experiment_id in ("", DEFAULT_EXPERIMENT_ID):
         return None
-    if not experiment_id.isdigit():
+    if not experiment_id.isascii() or not experiment_id.isdigit() or len(experiment_id) > 18:
         raise invalid(f"Invalid experiment ID '{experiment_id}'. Experiment IDs are integers, e.g. '3'.")
     experiment = TrackingExperiment.objects.filter(team=team, pk=int(experiment_id)).first()
     if experiment is None:
@@ -254,6 +262,8 @@ def metric_history(
     after = decode_token(page_token, fields=("step", "ts", "id"))
     if after is not None:
         step, ts, pk = after["step"], after["ts"], after["id"]
+        if not all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in (step, ts, pk)):
+            raise invalid(f"Invalid page token {page_token[:100]!r}: pass back a next_page_token you were given.")
         queryset = queryset.filter(
             Q(step__gt=step) | Q(step=step, timestamp__gt=ts) | Q(step=step, timestamp=ts, pk__gt=pk)
         )

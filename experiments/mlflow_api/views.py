@@ -15,7 +15,9 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..models import Run, RunStatus, TrackingExperiment
+from ..services import logged_models as logged_model_services
 from ..services import runs as run_services
+from ..services.logged_models import DatasetSpec, ModelMetricPoint
 from ..services.runs import MetricPoint, ms_to_dt
 from . import selectors
 from .http import Body, Caller, error_response, invalid, mlflow_endpoint, not_found
@@ -65,6 +67,18 @@ def _key_values(items: list[Any], what: str) -> list[tuple[str, Any]]:
             raise invalid(f"Missing value for required parameter '{what}[{index}].key'.")
         pairs.append((item["key"], item.get("value", "")))
     return pairs
+
+
+def _model_points(items: list[Any]) -> list[ModelMetricPoint]:
+    """Metrics that name a model_id (MLflow 3): they also go to that logged model."""
+    return [
+        ModelMetricPoint(
+            item["key"], item["value"], item.get("step") or 0, item.get("timestamp"), item["model_id"],
+            item.get("dataset_name") or "", item.get("dataset_digest") or "",
+        )
+        for item in items
+        if type(item) is dict and item.get("model_id")
+    ]
 
 
 def _metric_point(item: Any, path: str) -> MetricPoint:
@@ -152,8 +166,39 @@ def experiments_set_tag(caller: Caller, body: Body) -> dict[str, Any]:
     if experiment is None:
         experiment = _default_experiment(caller, write=True, missing=_missing_id(experiment_id))
     run_services.tracking_experiment_set_tag(
-        experiment=experiment, key=body.string("key", required=True), value=body.get("value", "")
+        experiment=experiment, key=body.string("key", required=True), value=body.string_value("value")
     )
+    return {}
+
+
+def _existing_experiment(caller: Caller, body: Body) -> TrackingExperiment:
+    experiment_id = body.string("experiment_id", required=True)
+    experiment = selectors.experiment_by_id(team=caller.team, experiment_id=experiment_id)
+    if experiment is None:
+        experiment = _default_experiment(caller, write=True, missing=_missing_id(experiment_id))
+    return experiment
+
+
+@mlflow_endpoint("POST")
+def experiments_delete(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    run_services.tracking_experiment_delete(experiment=_existing_experiment(caller, body))
+    return {}
+
+
+@mlflow_endpoint("POST")
+def experiments_restore(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    run_services.tracking_experiment_restore(experiment=_existing_experiment(caller, body))
+    return {}
+
+
+@mlflow_endpoint("POST")
+def experiments_update(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    experiment = _existing_experiment(caller, body)
+    new_name = body.string("new_name", required=True)
+    run_services.tracking_experiment_rename(experiment=experiment, new_name=new_name)
     return {}
 
 
@@ -239,14 +284,18 @@ def runs_log_parameter(caller: Caller, body: Body) -> dict[str, Any]:
 def runs_log_metric(caller: Caller, body: Body) -> dict[str, Any]:
     run = _active_run(caller, body)
     point = _metric_point(body.data, "")
-    run_services.run_log_batch(run=run, metrics=[point])
+    model_points = _model_points([body.data])
+    if model_points:
+        logged_model_services.run_log_batch_with_models(run=run, metrics=[point], model_points=model_points)
+    else:
+        run_services.run_log_batch(run=run, metrics=[point])
     return {}
 
 
 @mlflow_endpoint("POST")
 def runs_set_tag(caller: Caller, body: Body) -> dict[str, Any]:
     run = _active_run(caller, body)
-    run_services.run_log_batch(run=run, tags=[(body.string("key", required=True), body.get("value", ""))])
+    run_services.run_log_batch(run=run, tags=[(body.string("key", required=True), body.string_value("value"))])
     return {}
 
 
@@ -276,9 +325,61 @@ def runs_log_batch(caller: Caller, body: Body) -> dict[str, Any]:
     )
     points = [_metric_point(item, f"metrics[{i}]") for i, item in enumerate(metrics)]
     run = _active_run(caller, body)
+    model_points = _model_points(metrics)
+    if model_points:
+        logged_model_services.run_log_batch_with_models(
+            run=run, metrics=points, model_points=model_points,
+            params=_key_values(params, "params"), tags=_key_values(tags, "tags"),
+        )
+        return {}
     run_services.run_log_batch(
         run=run, metrics=points, params=_key_values(params, "params"), tags=_key_values(tags, "tags")
     )
+    return {}
+
+
+def _dataset_spec(item: Any, index: int) -> DatasetSpec:
+    if not isinstance(item, dict) or not isinstance(item.get("dataset"), dict):
+        raise invalid(f"Missing value for required parameter 'datasets[{index}].dataset'.")
+    dataset = item["dataset"]
+    return DatasetSpec(
+        name=dataset.get("name"),
+        digest=dataset.get("digest"),
+        source_type=dataset.get("source_type"),
+        source=dataset.get("source"),
+        schema=dataset.get("schema") or "",
+        profile=dataset.get("profile") or "",
+        tags=dict(_key_values(item.get("tags") or [], f"datasets[{index}].tags")),
+    )
+
+
+@mlflow_endpoint("POST")
+def runs_log_inputs(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    datasets = [_dataset_spec(item, i) for i, item in enumerate(body.list("datasets"))]
+    models = [str(m.get("model_id", "")) for m in body.list("models") if isinstance(m, dict)]
+    logged_model_services.run_log_inputs(run=run, datasets=datasets, model_ids=[m for m in models if m])
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_log_outputs(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    outputs = []
+    for index, item in enumerate(body.list("models")):
+        if not isinstance(item, dict) or not item.get("model_id"):
+            raise invalid(f"Missing value for required parameter 'models[{index}].model_id'.")
+        outputs.append((str(item["model_id"]), int(item.get("step") or 0)))
+    if not outputs:
+        raise invalid("Missing value for required parameter 'models'.")
+    logged_model_services.run_log_outputs(run=run, outputs=outputs)
+    return {}
+
+
+@mlflow_endpoint("POST")
+def runs_log_model(caller: Caller, body: Body) -> dict[str, Any]:
+    run = _active_run(caller, body)
+    logged_model_services.record_logged_model(run=run, model_json=body.string("model_json", required=True))
     return {}
 
 
@@ -301,9 +402,17 @@ def metrics_get_history(caller: Caller, body: Body) -> dict[str, Any]:
 
 
 @csrf_exempt
+def traces_unsupported(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return error_response(
+        "NOT_IMPLEMENTED",
+        "mlboard does not store traces (GenAI tracing); runs, metrics, models and the registry work as usual.",
+    )
+
+
+@csrf_exempt
 def endpoint_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     return error_response(
         "ENDPOINT_NOT_FOUND",
         f"mlboard's MLflow-compatible API does not implement {request.method} {json.dumps(request.path)}; "
-        "it supports experiment and run tracking (params, metrics, tags) and artifacts.",
+        "it supports experiment and run tracking, artifacts, datasets, logged models and the model registry.",
     )

@@ -1,9 +1,12 @@
 """Maturity reads: evidence from the team's data, the self-assessment and the snapshot trend.
 
-Every read runs a fixed number of queries whatever the data size: shares are single
-aggregate queries (Count with filter=Q(...)); the reproduction check streams three flat
-value lists and groups them in Python, because ordered string aggregation of params (to
-fingerprint a configuration) is not available on SQLite.
+Evidence is tallied per local calendar week of the team (level gates are judged week by week,
+see maturity.py), and the whole window is the sum of its weeks. Every read runs a fixed number
+of queries whatever the data size, and each query is bounded by the window (runs through the
+(team, start-or-created time) index, cards through their run links or creation time): run counts
+are one GROUP BY week; the reproduction check streams flat value lists and groups them in Python,
+because ordered string aggregation of params (to fingerprint a configuration) is not available on
+SQLite; hypotheses use the shared evidence rule of selectors/evidence.py.
 """
 
 from __future__ import annotations
@@ -16,8 +19,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.conf import settings
+from django.db.models import (
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Coalesce, NullIf, TruncWeek
 from django.utils import timezone
 
 from .. import maturity as mm
@@ -25,6 +40,7 @@ from ..models import (
     Card,
     CardKind,
     CardRun,
+    CriterionAmendment,
     LatestMetric,
     MaturityAssessment,
     MaturitySnapshot,
@@ -34,6 +50,8 @@ from ..models import (
     Team,
     Trigger,
 )
+from ..services.runs import SEED_KEYS
+from .evidence import decided_hypotheses, first_evidence_start
 
 
 @dataclass
@@ -41,10 +59,41 @@ class Evidence:
     as_of: dt.datetime
     window_start: dt.datetime
     metrics: dict[str, mm.MetricValue]
+    # Local calendar weeks (keyed by their Monday) overlapping the window, oldest first.
+    weeks: dict[dt.date, mm.WeekTally] = field(default_factory=dict)
 
     @property
     def window_days(self) -> int:
         return (self.as_of - self.window_start).days
+
+    @property
+    def week_metrics(self) -> list[dict[str, mm.MetricValue]]:
+        return [tally.metrics() for tally in self.weeks.values()]
+
+
+def repro_tolerance(team: Team) -> float:
+    """The team's relative tolerance for repeated runs, else the site setting."""
+    value = team.maturity_repro_tolerance
+    return float(settings.MATURITY_REPRO_TOLERANCE if value is None else value)
+
+
+class _Weeks:
+    """Buckets times into local calendar weeks (Monday 00:00 in the team's zone, DST-safe)."""
+
+    def __init__(self, zone: dt.tzinfo, start: dt.datetime, end: dt.datetime) -> None:
+        self.zone = zone
+        self.tallies: dict[dt.date, mm.WeekTally] = {}
+        monday = self.key(start)
+        while monday <= self.key(end):
+            self.tallies[monday] = mm.WeekTally()
+            monday += dt.timedelta(days=7)
+
+    def key(self, when: dt.datetime) -> dt.date:
+        day = timezone.localtime(when, self.zone).date()
+        return day - dt.timedelta(days=day.weekday())
+
+    def at(self, when: dt.datetime) -> mm.WeekTally:
+        return self.tallies[self.key(when)]
 
 
 def _window_runs(team: Team | int, start: dt.datetime, end: dt.datetime) -> QuerySet[Run]:
@@ -56,146 +105,153 @@ def _window_runs(team: Team | int, start: dt.datetime, end: dt.datetime) -> Quer
     )
 
 
-def _run_shares(runs: QuerySet[Run]) -> dict[str, mm.MetricValue]:
+def _run_counts(runs: QuerySet[Run], weeks: _Weeks) -> None:
+    """Per-week run counts, one GROUP BY query."""
     automated = (Trigger.SCHEDULED, Trigger.CI)
-    agg = runs.annotate(has_metric=Exists(LatestMetric.objects.filter(run=OuterRef("pk")))).aggregate(
-        total=Count("id"),
-        code_version=Count("id", filter=~Q(code_version="")),
-        data_version=Count("id", filter=~Q(data_version="")),
-        seed=Count("id", filter=Q(seed__isnull=False)),
-        # `environment` is a JSON object; {} means nothing was recorded.
-        environment=Count("id", filter=~Q(environment={}) & Q(environment__isnull=False)),
-        metrics_logged=Count("id", filter=Q(has_metric=True)),
-        automated=Count("id", filter=Q(trigger__in=automated)),
-        scheduled=Count("id", filter=Q(trigger=Trigger.SCHEDULED)),
-        ci=Count("id", filter=Q(trigger=Trigger.CI)),
+    rows = (
+        runs.annotate(has_metric=Exists(LatestMetric.objects.filter(run=OuterRef("pk"))),
+                      week=TruncWeek("at", tzinfo=weeks.zone))
+        .order_by()
+        .values("week")
+        .annotate(
+            runs=Count("id"),
+            code_version=Count("id", filter=~Q(code_version="")),
+            data_version=Count("id", filter=~Q(data_version="")),
+            seed=Count("id", filter=Q(seed__isnull=False)),
+            # `environment` is a JSON object; {} means nothing was recorded.
+            environment=Count("id", filter=~Q(environment={}) & Q(environment__isnull=False)),
+            metrics_logged=Count("id", filter=Q(has_metric=True)),
+            automated=Count("id", filter=Q(trigger__in=automated)),
+            scheduled=Count("id", filter=Q(trigger=Trigger.SCHEDULED)),
+            ci=Count("id", filter=Q(trigger=Trigger.CI)),
+            finished=Count("id", filter=Q(status=RunStatus.FINISHED)),
+        )
     )
-    total = agg.pop("total")
-    return {key: mm.share(key, count, total) for key, count in agg.items()}
+    for row in rows:
+        tally = weeks.at(row.pop("week"))
+        for name, count in row.items():
+            setattr(tally, name, count)
 
 
-def _metrics_consistent(values_by_run: list[dict[str, float]]) -> bool:
-    """Repeats agree when every metric they all logged is within REPRO_REL_TOL of the mean."""
-    shared = set.intersection(*(set(v) for v in values_by_run)) if values_by_run else set()
-    if not shared:
-        return False
-    for key in shared:
-        values = [v[key] for v in values_by_run]
-        if any(math.isnan(x) for x in values):
-            return False
-        if any(math.isinf(x) for x in values):
-            if len(set(values)) > 1:
-                return False
-            continue
-        mean = statistics.fmean(values)
-        if max(values) - min(values) > mm.REPRO_REL_TOL * max(abs(mean), 1e-12):
-            return False
-    return True
+def reproduced_records(runs: QuerySet[Run]) -> list[tuple[mm.RunRecord, dt.datetime]]:
+    """Finished runs with code and data versions, as RunRecords with their window time (four queries).
 
-
-def reproduced_share(runs: QuerySet[Run]) -> mm.MetricValue:
-    """Share of finished runs whose configuration (code, data, params) ran again and held up.
-
-    A configuration counts as reproduced when it has runs with two different seeds, or
-    repeats with the same seed (or none) whose shared metrics agree within REPRO_REL_TOL.
-    """
-    finished = runs.filter(status=RunStatus.FINISHED)
-    versioned = finished.exclude(code_version="").exclude(data_version="")
-    total = finished.count()
-    rows = list(versioned.values_list("pk", "code_version", "data_version", "seed"))
+    The seed param is not part of the configuration: it is what varies between repeats."""
+    versioned = runs.filter(status=RunStatus.FINISHED).exclude(code_version="").exclude(data_version="")
+    rows = list(versioned.values_list("pk", "code_version", "data_version", "seed", "at"))
+    ids = versioned.values("pk")
     params: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for run_id, key, value in Param.objects.filter(run__in=versioned.values("pk")).order_by().values_list(
+    for run_id, key, value in Param.objects.filter(run__in=ids).exclude(key__in=SEED_KEYS).order_by().values_list(
         "run_id", "key", "value"
     ):
         params[run_id].append((key, value))
     metrics: dict[int, dict[str, float]] = defaultdict(dict)
-    for run_id, key, value, is_nan in LatestMetric.objects.filter(run__in=versioned.values("pk")).values_list(
+    for run_id, key, value, is_nan in LatestMetric.objects.filter(run__in=ids).order_by().values_list(
         "run_id", "key", "value", "is_nan"
     ):
         metrics[run_id][key] = math.nan if is_nan else value
-
-    configs: dict[tuple[Any, ...], list[tuple[int, int | None]]] = defaultdict(list)
-    for run_id, code, data, seed in rows:
-        configs[code, data, tuple(sorted(params[run_id]))].append((run_id, seed))
-    reproduced = 0
-    for members in configs.values():
-        if len(members) < 2:
-            continue
-        seeds = {seed for _, seed in members}
-        if len(seeds - {None}) >= 2:
-            reproduced += len(members)
-            continue
-        # Same seed (or none): a repeat, which must give a consistent metric.
-        by_seed: dict[int | None, list[int]] = defaultdict(list)
-        for run_id, seed in members:
-            by_seed[seed].append(run_id)
-        for run_ids in by_seed.values():
-            if len(run_ids) >= 2 and _metrics_consistent([metrics[r] for r in run_ids]):
-                reproduced += len(run_ids)
-    return mm.share("reproduced", reproduced, total)
+    # The metric the run is judged on: its hypothesis's, directly or through an experiment card.
+    primary: dict[int, set[str]] = defaultdict(set)
+    judged = Coalesce(NullIf("card__metric_key", Value("")), NullIf("card__parent__metric_key", Value("")))
+    for run_id, key in (
+        CardRun.objects.filter(run__in=ids, is_baseline=False).annotate(judged=judged)
+        .filter(judged__isnull=False).order_by().values_list("run_id", "judged")
+    ):
+        primary[run_id].add(key)
+    return [
+        (mm.RunRecord(run_id=pk, config=(code, data, tuple(sorted(params[pk]))), seed=seed,
+                      metrics=metrics[pk], primary=frozenset(primary[pk])), at)
+        for pk, code, data, seed, at in rows
+    ]
 
 
-def _criteria_first(team_id: int, start: dt.datetime, end: dt.datetime) -> mm.MetricValue:
-    first_run = Min(Coalesce("run_links__run__start_time", "run_links__run__created_at"),
-                    filter=Q(run_links__is_baseline=False))
-    agg = (
-        Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS)
+def _reproduced(runs: QuerySet[Run], weeks: _Weeks, tolerance: float) -> None:
+    records = reproduced_records(runs)
+    agreeing = mm.reproduced_runs((r for r, _ in records), tolerance)
+    for record, at in records:
+        if record.run_id in agreeing:
+            weeks.at(at).reproduced += 1
+
+
+def _hypothesis_team(team_id: int) -> QuerySet[Card]:
+    return Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS)
+
+
+def _criteria_first(team_id: int, runs: QuerySet[Run], weeks: _Weeks, start: dt.datetime,
+                    end: dt.datetime) -> None:
+    """Hypotheses by the week their first evidence run started: criteria set before it, never amended
+    after it (two queries). Only hypotheses with an evidence run in the window can qualify, so
+    the first-run subquery runs for those alone."""
+    in_window = CardRun.objects.filter(run__in=runs.values("pk"), is_baseline=False)
+    rows = list(
+        _hypothesis_team(team_id)
+        .filter(Q(pk__in=in_window.values("card_id")) | Q(pk__in=in_window.values("card__parent_id")))
         .order_by()
-        .annotate(first_run=first_run)
+        .annotate(first_run=first_evidence_start())
         .filter(first_run__gt=start, first_run__lte=end)
-        .aggregate(
-            total=Count("id"),
-            first=Count("id", filter=Q(criteria_set_at__isnull=False, criteria_set_at__lte=F("first_run"))),
-        )
+        .values_list("pk", "criteria_set_at", "first_run")
     )
-    return mm.share("criteria_first", agg["first"], agg["total"])
+    amended = _amended_after_first_run({pk: first for pk, _, first in rows})
+    for pk, criteria_set_at, first_run in rows:
+        tally = weeks.at(first_run)
+        tally.hypotheses += 1
+        if criteria_set_at is not None and criteria_set_at <= first_run and pk not in amended:
+            tally.criteria_first += 1
 
 
-def _baseline(team_id: int, start: dt.datetime, end: dt.datetime) -> mm.MetricValue:
-    agg = (
+def _amended_after_first_run(first_runs: dict[int, dt.datetime]) -> set[int]:
+    """Hypotheses whose criterion was amended once runs were in (one query): a CriterionAmendment
+    made with runs started (services/cards.card_update records them), or dated after the first run."""
+    if not first_runs:
+        return set()
+    amendments = CriterionAmendment.objects.filter(card_id__in=list(first_runs)).order_by().values_list(
+        "card_id", "created_at", "runs_started"
+    )
+    return {card_id for card_id, at, runs in amendments if runs > 0 or at > first_runs[card_id]}
+
+
+def _baseline(team_id: int, weeks: _Weeks, start: dt.datetime, end: dt.datetime) -> None:
+    rows = (
         Card.objects.filter(board__team_id=team_id, kind=CardKind.EXPERIMENT, created_at__gt=start,
                             created_at__lte=end)
         .order_by()
         .annotate(baseline_link=Exists(CardRun.objects.filter(card=OuterRef("pk"), is_baseline=True)))
-        .aggregate(
-            total=Count("id"),
-            with_baseline=Count("id", filter=Q(baseline_value__isnull=False) | Q(baseline_run__isnull=False)
-                                | Q(baseline_link=True)),
-        )
+        .annotate(has_baseline=ExpressionWrapper(
+            Q(baseline_value__isnull=False) | Q(baseline_run__isnull=False) | Q(baseline_link=True),
+            output_field=BooleanField()))
+        .values_list("created_at", "has_baseline")
     )
-    return mm.share("baseline", agg["with_baseline"], agg["total"])
+    for created_at, has_baseline in rows:
+        tally = weeks.at(created_at)
+        tally.experiments += 1
+        tally.baseline += bool(has_baseline)
 
 
-def _decision_latency(team_id: int, start: dt.datetime, end: dt.datetime) -> mm.MetricValue:
-    """Median hours from the last linked run finishing (before the decision) to the verdict."""
-    last_end = Max("run_links__run__end_time", filter=Q(run_links__run__end_time__lte=F("decided_at"),
-                                                        run_links__is_baseline=False))
-    pairs = (
-        Card.objects.filter(board__team_id=team_id, kind=CardKind.HYPOTHESIS, decided_at__gt=start,
-                            decided_at__lte=end)
-        .exclude(verdict="")
-        .order_by()
-        .annotate(last_end=last_end)
-        .filter(last_end__isnull=False)
-        .values_list("decided_at", "last_end")
-    )
-    hours = [(decided - finished).total_seconds() / 3600 for decided, finished in pairs]
-    value = round(statistics.median(hours), 2) if hours else None
-    return mm.MetricValue(key="decision_latency", sample=len(hours), value=value)
+def _decision_latency(team_id: int, weeks: _Weeks, start: dt.datetime, end: dt.datetime) -> None:
+    """Hours from the last evidence run ending to the decision, by the week of the decision.
+    The same decisions and evidence as the velocity report (selectors/evidence.py)."""
+    for _pk, _verdict, decided_at, evidence_at in decided_hypotheses(
+        Card.objects.filter(board__team_id=team_id), start, end + dt.timedelta(microseconds=1)
+    ):
+        if evidence_at is not None:
+            weeks.at(decided_at).decision_hours.append(max(0.0, (decided_at - evidence_at).total_seconds() / 3600))
 
 
 def maturity_evidence(*, team: Team, as_of: dt.datetime | None = None,
                       window_days: int = mm.WINDOW_DAYS) -> Evidence:
-    """All evidence metrics over the window ending at `as_of` (now by default). 8 queries."""
+    """All evidence over the window ending at `as_of` (now by default), week by week. 10 queries."""
     end = as_of or timezone.now()
     start = end - dt.timedelta(days=window_days)
+    weeks = _Weeks(team.zone, start, end)
     runs = _window_runs(team, start, end)
-    metrics = _run_shares(runs)
-    metrics["reproduced"] = reproduced_share(runs)
-    metrics["criteria_first"] = _criteria_first(team.pk, start, end)
-    metrics["baseline"] = _baseline(team.pk, start, end)
-    metrics["decision_latency"] = _decision_latency(team.pk, start, end)
-    return Evidence(as_of=end, window_start=start, metrics={m.key: metrics[m.key] for m in mm.EVIDENCE_METRICS})
+    _run_counts(runs, weeks)
+    _reproduced(runs, weeks, repro_tolerance(team))
+    _criteria_first(team.pk, runs, weeks, start, end)
+    _baseline(team.pk, weeks, start, end)
+    _decision_latency(team.pk, weeks, start, end)
+    metrics = mm.window_metrics(weeks.tallies.values())
+    return Evidence(as_of=end, window_start=start, metrics={m.key: metrics[m.key] for m in mm.EVIDENCE_METRICS},
+                    weeks=weeks.tallies)
 
 
 def latest_assessments(*, team: Team, as_of: dt.datetime | None = None) -> list[MaturityAssessment]:
@@ -285,7 +341,7 @@ def maturity_report(*, team: Team, as_of: dt.datetime | None = None) -> Maturity
         self_cells=self_cells,
         evidence_cells=evidence_cells,
         gaps=mm.gaps(self_cells, evidence_cells),
-        levels=[mm.level_evaluate(model, evidence.metrics) for model in mm.LEVEL_MODELS],
+        levels=[mm.level_evaluate(model, evidence.week_metrics, evidence.metrics) for model in mm.LEVEL_MODELS],
         self_by_stage=_by_stage(self_cells),
         evidence_by_stage=_by_stage(evidence_cells),
     )

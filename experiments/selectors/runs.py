@@ -6,11 +6,25 @@ metric points (related rows are prefetched in one query each).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db import connection
+from django.db.models import (
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FilteredRelation,
+    Prefetch,
+    Q,
+    QuerySet,
+)
 from django.http import Http404
 
 from ..access import membership_for
@@ -29,8 +43,9 @@ from ..models import (
     VerdictProposal,
     VerdictStatus,
 )
-from ..services.runs import SEED_KEYS
+from ..services.runs import DEFAULT_EXPERIMENT_NAME, SEED_KEYS
 from .metrics import format_value
+from .registry import run_models
 
 DEFAULT_SORT = "-start"
 SORT_FIELDS = {
@@ -62,6 +77,25 @@ def get_run_or_404(*, user: User, run_id: int) -> tuple[Run, Membership]:
     return run, membership
 
 
+def run_by_external_id(*, user: User, external_id: str) -> Run | None:
+    """The user's run with this MLflow run id (the id is a uuid, so at most one team has it)."""
+    return (
+        Run.objects.filter(external_id=external_id, team__memberships__user=user)
+        .order_by(F("source").desc(), "pk")  # mlboard's own run before an imported copy
+        .first()
+    )
+
+
+def tracking_experiment_for_link(*, user: User, experiment_id: str) -> TrackingExperiment | None:
+    """An experiment of one of the user's teams by MLflow id; '0' is the Default of the user's first team."""
+    queryset = TrackingExperiment.objects.select_related("team").filter(team__memberships__user=user)
+    if experiment_id == "0":
+        return queryset.filter(name=DEFAULT_EXPERIMENT_NAME, source="mlboard").order_by("team__slug").first()
+    if not experiment_id.isdigit():
+        return None
+    return queryset.filter(pk=int(experiment_id)).first()
+
+
 # --- Runs list ----------------------------------------------------------------------------------
 
 
@@ -89,8 +123,13 @@ def _apply_sort(qs: QuerySet[Run], sort: str) -> QuerySet[Run]:
     name = sort.lstrip("-")
     if name.startswith(METRIC_SORT_PREFIX):
         key = name[len(METRIC_SORT_PREFIX):]
-        latest = LatestMetric.objects.filter(run=OuterRef("pk"), key=key, is_nan=False).values("value")[:1]
-        qs = qs.annotate(sort_value=Subquery(latest))
+        # One LEFT JOIN on the (run, key) unique index instead of a correlated subquery per run.
+        qs = qs.annotate(
+            sort_metric=FilteredRelation(
+                "latest_metrics", condition=Q(latest_metrics__key=key, latest_metrics__is_nan=False)
+            ),
+            sort_value=F("sort_metric__value"),
+        )
         expr = F("sort_value")
     else:
         column = SORT_FIELDS.get(name, "start_time")
@@ -135,15 +174,149 @@ def runs_filtered(*, team: Team, filters: RunFilters) -> QuerySet[Run]:
     return _apply_sort(qs, filters.sort)
 
 
+# Metric keys are ranked over the team's most recent runs only, so listing them costs the same
+# at 1,000 or 1,000,000 runs (the (team, start_time) index gives the recent runs).
+METRIC_KEY_SAMPLE_RUNS = 2_000
+
+
 def team_metric_keys(*, team: Team, limit: int = 50) -> list[str]:
-    """Metric keys of the team's runs, most widely logged first (one query)."""
+    """Metric keys of the team's recent runs, most widely logged first (one query)."""
+    recent = (
+        Run.objects.filter(team=team)
+        .order_by(F("start_time").desc(nulls_last=True), "-id")
+        .values("pk")[:METRIC_KEY_SAMPLE_RUNS]
+    )
     rows = (
-        LatestMetric.objects.filter(run__team=team)
+        LatestMetric.objects.filter(run_id__in=recent)
         .values("key")
         .annotate(n=Count("id"))
         .order_by("-n", "key")[:limit]
     )
     return [row["key"] for row in rows]
+
+
+# --- Pages: keyset pagination and counts ----------------------------------------------------------
+
+# Above this many matching runs (by the planner's estimate) the list shows an estimated count
+# instead of running COUNT(*) over all of them on every page.
+EXACT_COUNT_BELOW = 10_000
+
+
+def runs_count(qs: QuerySet[Run]) -> tuple[int, bool]:
+    """(count, estimated): PostgreSQL's row estimate when it is large, else an exact count."""
+    if connection.vendor == "postgresql":
+        plan = json.loads(qs.order_by().explain(format="json"))
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        if estimate >= EXACT_COUNT_BELOW:
+            return estimate, True
+    return qs.order_by().count(), False
+
+
+@dataclass
+class RunPage:
+    rows: list[Run]
+    count: int
+    estimated: bool
+    number: int  # 1-based
+    size: int
+    next_token: str | None = None
+
+    @property
+    def start_index(self) -> int:
+        return (self.number - 1) * self.size + 1 if self.rows else 0
+
+    @property
+    def end_index(self) -> int:
+        return (self.number - 1) * self.size + len(self.rows)
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+
+def _sort_key_value(run: Run, sort: str) -> Any:
+    name = sort.lstrip("-")
+    if name.startswith(METRIC_SORT_PREFIX):
+        return run.sort_value  # type: ignore[attr-defined]
+    column = SORT_FIELDS.get(name, "start_time")
+    if column == "duration":
+        value = run.duration_value  # type: ignore[attr-defined]
+        return value.total_seconds() if value is not None else None
+    value = getattr(run, column)
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def _decode_sort_value(sort: str, value: Any) -> Any:
+    name = sort.lstrip("-")
+    column = SORT_FIELDS.get(name, "start_time") if not name.startswith(METRIC_SORT_PREFIX) else "metric"
+    if value is None:
+        return None
+    if column in ("start_time", "end_time"):
+        return dt.datetime.fromisoformat(value)
+    if column == "duration":
+        return dt.timedelta(seconds=float(value))
+    if column == "metric":
+        return float(value)
+    return str(value)
+
+
+def _sort_expression_name(sort: str) -> str:
+    name = sort.lstrip("-")
+    if name.startswith(METRIC_SORT_PREFIX):
+        return "sort_value"
+    column = SORT_FIELDS.get(name, "start_time")
+    return "duration_value" if column == "duration" else column
+
+
+def _after(qs: QuerySet[Run], sort: str, value: Any, last_id: int) -> QuerySet[Run]:
+    """Rows after (value, last_id) in the list's order (value nulls last, then id)."""
+    field_name = _sort_expression_name(sort)
+    descending = sort.startswith("-")
+    nulls = Q(**{f"{field_name}__isnull": True})
+    if value is None:
+        return qs.filter(nulls, id__lt=last_id) if descending else qs.filter(nulls, id__gt=last_id)
+    beyond, tie = ("lt", "lt") if descending else ("gt", "gt")
+    return qs.filter(
+        Q(**{f"{field_name}__{beyond}": value})
+        | Q(**{field_name: value, f"id__{tie}": last_id})
+        | nulls
+    )
+
+
+def _encode_token(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("id"), int) or not isinstance(data.get("n"), int):
+        return None
+    return data
+
+
+def runs_page(*, qs: QuerySet[Run], sort: str, after: str | None, size: int) -> RunPage:
+    """One page of an ordered runs queryset, keyset-paginated: `after` is the previous page's
+    next_token (the last row's sort value and id), so page 1,000 costs what page 1 does; an
+    unreadable token restarts at the first page."""
+    count, estimated = runs_count(qs)
+    data = _decode_token(after) if after else None
+    number = 1
+    if data is not None and data.get("s") == sort:
+        try:
+            qs = _after(qs, sort, _decode_sort_value(sort, data.get("v")), data["id"])
+            number = max(1, data["n"])
+        except (TypeError, ValueError):
+            number = 1
+    rows = list(qs[: size + 1])
+    next_token = None
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        next_token = _encode_token({"s": sort, "v": _sort_key_value(last, sort), "id": last.pk, "n": number + 1})
+    return RunPage(rows=rows, count=count, estimated=estimated, number=number, size=size, next_token=next_token)
 
 
 def team_filter_options(*, team: Team) -> tuple[list[User], list[TrackingExperiment]]:
@@ -208,6 +381,8 @@ class RunDetail:
     user_tags: list[tuple[str, str]]
     system_tags: list[tuple[str, str]]
     environment: list[tuple[str, str]]
+    datasets: list = field(default_factory=list)
+    models: list = field(default_factory=list)
 
 
 def run_detail(run: Run) -> RunDetail:
@@ -223,8 +398,9 @@ def run_detail(run: Run) -> RunDetail:
     system = [(k, v) for k, v in tags if k.startswith(("mlflow.", "mlboard."))]
     user = [(k, v) for k, v in tags if not k.startswith(("mlflow.", "mlboard."))]
     env = sorted((str(k), str(v)) for k, v in (run.environment or {}).items())
+    produced = run_models(run)
     return RunDetail(run=run, params=params, metrics=metrics, links=links, user_tags=user, system_tags=system,
-                     environment=env)
+                     environment=env, datasets=produced.datasets, models=produced.models)
 
 
 # --- Comparison ---------------------------------------------------------------------------------
@@ -257,14 +433,20 @@ def _as_float(text: str | None) -> float | None:
 
 
 def runs_compare(*, team: Team, run_ids: Sequence[int]) -> Comparison:
-    """Side-by-side params and final (latest) metrics of up to MAX_COMPARE runs (3 queries)."""
+    """Side-by-side params and final (latest) metrics of up to MAX_COMPARE runs, from any cards of
+    the team; each run carries `linked_cards` (4 queries)."""
     wanted = list(dict.fromkeys(run_ids))[:MAX_COMPARE]
     found = {
         run.pk: run
         for run in Run.objects.filter(team=team, pk__in=wanted)
         .select_related("user")
-        .prefetch_related("params", "latest_metrics")
+        .prefetch_related(
+            "params", "latest_metrics",
+            Prefetch("card_links", queryset=CardRun.objects.select_related("card").order_by("card__key")),
+        )
     }
+    for run in found.values():
+        run.linked_cards = [link.card for link in run.card_links.all()]  # type: ignore[attr-defined]
     runs = [found[i] for i in wanted if i in found]
     missing = [i for i in wanted if i not in found]
     param_maps = [{p.key: p.value for p in run.params.all()} for run in runs]

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models import Count, Exists, FloatField, Func, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from ..models import (
@@ -44,9 +43,8 @@ from ..models import (
     Stage,
     Team,
     VerdictChoice,
-    VerdictProposal,
-    VerdictStatus,
 )
+from .evidence import decided_hypotheses
 
 GROUPS: dict[str, str] = {"day": "Day", "week": "Week", "iteration": "Iteration"}
 DEFAULT_DAYS: dict[str, int] = {"day": 14, "week": 84, "iteration": 14}
@@ -55,6 +53,7 @@ VERDICT_COLORS = {
     VerdictChoice.SUPPORTED: "#12805c",
     VerdictChoice.REFUTED: "#c0362c",
     VerdictChoice.INCONCLUSIVE: "#b25e09",
+    VerdictChoice.NO_EFFECT: "#64748b",
 }
 
 
@@ -213,6 +212,15 @@ class Bucketer:
     def __init__(self, periods: Sequence[Period]) -> None:
         self.periods = periods
         self.starts = [p.start for p in periods]
+        self.epoch_starts = [p.start.timestamp() for p in periods]
+        self.epoch_ends = [p.end.timestamp() for p in periods]
+
+    def index_epoch(self, when: float) -> int | None:
+        """index() for seconds since the epoch (see EpochSeconds)."""
+        i = bisect_right(self.epoch_starts, when) - 1
+        if i >= 0 and when < self.epoch_ends[i]:
+            return i
+        return None
 
     def index(self, when: dt.datetime | None) -> int | None:
         if when is None:
@@ -268,6 +276,7 @@ class VelocityRow:
     supported: int = 0
     refuted: int = 0
     inconclusive: int = 0
+    no_effect: int = 0  # equivalence shown: the effect is smaller than what matters
     experiments_completed: int = 0
     runs_finished: int = 0
     runs_failed: int = 0
@@ -276,7 +285,7 @@ class VelocityRow:
 
     @property
     def hypotheses_resolved(self) -> int:
-        return self.supported + self.refuted + self.inconclusive
+        return self.supported + self.refuted + self.inconclusive + self.no_effect
 
     @property
     def completion_rate(self) -> float | None:
@@ -331,83 +340,68 @@ def report_window(params: ReportParams, periods: Sequence[Period]) -> tuple[dt.d
     return min(params.start, periods[0].start), max(params.end, max(p.end for p in periods))
 
 
-def _last_run_before(link: str) -> Subquery:
-    """End of the last terminal run linked through `link` that ended before the decision.
-    Kept to one indexed join per subquery: an OR across two joins would scan every link per card."""
-    return Subquery(
-        Run.objects.filter(
-            **{link: OuterRef("pk")},
-            card_links__is_baseline=False,
-            status__in=TERMINAL_STATUSES,
-            end_time__lte=OuterRef("resolved_at"),
-        )
-        .order_by("-end_time")
-        .values("end_time")[:1]
-    )
-
-
 def _decided_hypotheses(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[tuple]:
-    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query."""
-    decided = VerdictProposal.objects.filter(
-        card=OuterRef("pk"),
-        status__in=[VerdictStatus.CONFIRMED, VerdictStatus.OVERRIDDEN],
-        decided_at__isnull=False,
-    ).order_by("-decided_at", "-id")
-    rows = (
-        Card.objects.filter(_card_scope(team, params), kind=CardKind.HYPOTHESIS)
-        .annotate(
-            resolved_at=Coalesce("decided_at", Subquery(decided.values("decided_at")[:1])),
-            resolved_as=Coalesce(NullIf("verdict", Value("")), Subquery(decided.values("decided")[:1])),
-        )
-        .filter(resolved_at__gte=start, resolved_at__lt=end, resolved_as__in=VerdictChoice.values)
-        .annotate(
-            own_evidence=_last_run_before("card_links__card"),
-            child_evidence=_last_run_before("card_links__card__parent"),
-        )
-        .order_by()
-        .values_list("resolved_as", "resolved_at", "own_evidence", "child_evidence")
-    )
-    return [
-        (verdict, decided_at, max((e for e in (own, child) if e is not None), default=None))
-        for verdict, decided_at, own, child in rows
-    ]
+    """(verdict, decided_at, evidence_at) per hypothesis decided in range — one query (rule: selectors/evidence)."""
+    cards = Card.objects.filter(_card_scope(team, params))
+    return [(verdict, decided_at, evidence_at)
+            for _pk, verdict, decided_at, evidence_at in decided_hypotheses(cards, start, end)]
 
 
 def _experiments_first_done(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
+    """First arrival in Done per experiment, for arrivals in range. Only the window's events are
+    read (board/created_at index); an earlier arrival is ruled out per candidate card."""
+    to_done = Q(kind__in=[EventKind.CREATED, EventKind.MOVED], to_stage=Stage.DONE)
+    earlier = CardEvent.objects.filter(to_done, card=OuterRef("card_id"), created_at__lt=start)
     return (
         CardEvent.objects.filter(
-            _card_scope(team, params),
-            card__kind=CardKind.EXPERIMENT,
-            kind__in=[EventKind.CREATED, EventKind.MOVED],
-            to_stage=Stage.DONE,
+            to_done, _card_scope(team, params), card__kind=CardKind.EXPERIMENT, created_at__gte=start,
+            created_at__lt=end,
         )
+        .exclude(Exists(earlier))
         .values("card_id")
         .annotate(first_done=Min("created_at"))
-        .filter(first_done__gte=start, first_done__lt=end)
         .values_list("first_done", flat=True)
     )
 
 
+class EpochSeconds(Func):
+    """A timestamp as float seconds since the epoch: thousands of run end times load several times
+    faster as floats than as time-zone-aware datetimes, and only get bucketed anyway."""
+
+    output_field = FloatField()
+
+    def as_sql(self, compiler, connection, **extra_context):  # type: ignore[no-untyped-def]
+        # SQLite (Django stores UTC text): julianday is days since noon, 24 Nov 4714 BC.
+        return super().as_sql(
+            compiler, connection, template="((julianday(%(expressions)s) - 2440587.5) * 86400.0)", **extra_context
+        )
+
+    def as_postgresql(self, compiler, connection, **extra_context):  # type: ignore[no-untyped-def]
+        return super().as_sql(
+            compiler, connection, template="EXTRACT(EPOCH FROM %(expressions)s)::float8", **extra_context
+        )
+
+
 def _runs_ended(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
+    """(end as epoch seconds, status) of the runs that ended in range."""
     runs = Run.objects.filter(team=team, status__in=TERMINAL_STATUSES, end_time__gte=start, end_time__lt=end)
     if params.board is not None:
         runs = runs.filter(pk__in=CardRun.objects.filter(card__board=params.board).values("run_id"))
-    return runs.values_list("end_time", "status")
+    return runs.annotate(ended=EpochSeconds("end_time")).values_list("ended", "status")
 
 
 def _first_signals(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[tuple]:
-    """(started_at, first_signal) for cards whose first finished run arrived in range — one query.
+    """(started_at, first_signal) for cards whose first finished run arrived in range — two queries.
 
-    The first finished run per linked card is aggregated in the database; a hypothesis also takes
-    its experiments' runs, folded in here. Runs ending after the window cannot be a first signal in
-    it, so they are not read at all.
+    Only runs ending in the window are read, aggregated per linked card in the database; a
+    hypothesis also takes its experiments' runs, folded in here. A second query then drops the
+    candidates that already had a finished run before the window (index lookups per candidate),
+    so the cost follows the window, not the history.
     """
+    finished = Q(is_baseline=False, run__status=RunStatus.FINISHED)
     links = (
         CardRun.objects.filter(
-            _card_scope(team, params, "card__"),
-            is_baseline=False,
-            run__status=RunStatus.FINISHED,
-            run__end_time__lt=end,
+            finished, _card_scope(team, params, "card__"), run__end_time__gte=start, run__end_time__lt=end
         )
         .values("card_id", "card__kind", "card__started_at", "card__parent_id", "card__parent__kind",
                 "card__parent__started_at")
@@ -427,18 +421,28 @@ def _first_signals(team: Team, params: ReportParams, start: dt.datetime, end: dt
             started[card_id] = started_at
             if card_id not in first or row["first"] < first[card_id]:
                 first[card_id] = row["first"]
+    if first:
+        before = Q(finished, run__end_time__lt=start)
+        ids = list(first)
+        earlier = (
+            CardRun.objects.filter(before, card_id__in=ids).values_list("card_id").order_by()
+            .union(CardRun.objects.filter(before, card__parent_id__in=ids).values_list("card__parent_id").order_by())
+        )
+        for (card_id,) in earlier:
+            first.pop(card_id, None)
     out = []
     for card_id, signal in first.items():
         started_at = started[card_id]
         # A card marked started only after its first run ended (e.g. a hypothesis closed straight to
         # Done) has no measurable wait for a signal, so it is left out rather than counted as zero.
-        if started_at is not None and start <= signal < end and signal >= started_at:
+        if started_at is not None and signal >= started_at:
             out.append((started_at, signal))
     return out
 
 
 def velocity_report(*, team: Team, params: ReportParams) -> VelocityReport:
-    """Five queries whatever the number of iterations, cards, events and runs."""
+    """Seven queries whatever the number of iterations, cards, events and runs (five when nothing
+    was decided or signalled in the window); each reads the window's rows, not the whole history."""
     iterations = _iterations_in_range(team, params)
     periods = build_periods(params, iterations)
     rows = [VelocityRow(period=p) for p in periods]
@@ -480,10 +484,12 @@ def velocity_report(*, team: Team, params: ReportParams) -> VelocityReport:
         if row is not None:
             row.experiments_completed += 1
 
-    for end_time, status in _runs_ended(team, params, start, end):
-        row = row_for(end_time)
-        if row is None:
+    for ended, status in _runs_ended(team, params, start, end):
+        i = bucket.index_epoch(ended)
+        if i is None:
+            outside += 1
             continue
+        row = rows[i]
         if status == RunStatus.FINISHED:
             row.runs_finished += 1
         else:
@@ -503,7 +509,8 @@ def velocity_report(*, team: Team, params: ReportParams) -> VelocityReport:
             totals.carried_over = (totals.carried_over or 0) + (row.carried_over or 0)
         totals.committed_closed += row.committed_closed
         totals.open_iterations += row.open_iterations
-        for name in ("supported", "refuted", "inconclusive", "experiments_completed", "runs_finished", "runs_failed"):
+        for name in ("supported", "refuted", "inconclusive", "no_effect", "experiments_completed", "runs_finished",
+                     "runs_failed"):
             setattr(totals, name, getattr(totals, name) + getattr(row, name))
         totals.first_signal_hours.extend(row.first_signal_hours)
         totals.decision_hours.extend(row.decision_hours)

@@ -10,6 +10,7 @@ from django.db import models, transaction
 
 from ..errors import DomainError
 from ..models import Board, Column, Membership, Role, Stage, Team, User, key_validator
+from .runs import tracking_experiment_default
 
 DEFAULT_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
     ("Backlog", Stage.BACKLOG, None),
@@ -45,6 +46,8 @@ def team_create(*, name: str, slug: str, owner: User | None = None, **settings: 
     team.save()
     if owner is not None:
         Membership.objects.create(team=team, user=owner, role=Role.MANAGER)
+    # MLflow servers always have the Default experiment (id 0); so does every team, for viewers too.
+    tracking_experiment_default(team=team)
     return team
 
 

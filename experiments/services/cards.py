@@ -6,6 +6,7 @@ instead of silently overwriting someone else's change.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,26 +14,37 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ..errors import ConflictError, DomainError
+from ..errors import ConflictError, DomainError, WipLimitError
 from ..models import (
+    AnalysisScale,
+    AnalysisTest,
     Board,
     Card,
     CardEvent,
     CardKind,
     Column,
+    CriterionAmendment,
     Direction,
     EventKind,
     Membership,
+    Role,
     Stage,
     Tag,
+    Team,
     User,
     VerdictChoice,
 )
 
-HYPOTHESIS_FIELDS = ("statement", "rationale", "metric_key", "direction", "threshold", "min_delta", "min_runs")
+# The pre-registered part of a hypothesis: frozen once its first linked run starts (see card_update).
+CRITERION_FIELDS = (
+    "metric_key", "direction", "threshold", "min_delta", "min_runs", "analysis_test", "analysis_scale", "paired",
+    "equivalence_margin", "smallest_effect", "failures_count", "max_failure_share",
+)
+HYPOTHESIS_FIELDS = ("statement", "rationale", *CRITERION_FIELDS)
 EXPERIMENT_FIELDS = ("plan", "baseline_value")
 RESULT_FIELDS = ("verdict", "evidence", "learnings")
 COMMON_FIELDS = ("title", "description", "owner", "parent", "iteration")
+EDITOR_ROLES = (Role.MANAGER, Role.MEMBER)
 EDITABLE_FIELDS = COMMON_FIELDS + HYPOTHESIS_FIELDS + EXPERIMENT_FIELDS + RESULT_FIELDS
 
 
@@ -60,7 +72,7 @@ def event_record(
     )
 
 
-def _validate(card: Card) -> None:
+def _validate(card: Card, *, check_owner_role: bool = True) -> None:
     errors: dict[str, str] = {}
     if not card.title.strip():
         errors["title"] = "A title is required."
@@ -79,6 +91,18 @@ def _validate(card: Card) -> None:
             errors["metric_key"] = "Name the metric that the threshold or delta applies to."
         if card.min_runs is not None and card.min_runs < 1:
             errors["min_runs"] = "At least one run is needed."
+        if card.analysis_test not in AnalysisTest.values:
+            errors["analysis_test"] = "The test is t, bootstrap or permutation."
+        if card.analysis_scale not in AnalysisScale.values:
+            errors["analysis_scale"] = "The scale is raw or log."
+        elif card.analysis_scale == AnalysisScale.LOG and card.threshold is not None and card.threshold <= 0:
+            errors["threshold"] = "On a log scale the threshold must be positive."
+        if card.equivalence_margin is not None and not card.equivalence_margin > 0:
+            errors["equivalence_margin"] = "The equivalence margin must be positive."
+        if card.smallest_effect is not None and not card.smallest_effect > 0:
+            errors["smallest_effect"] = "The smallest effect that matters must be positive."
+        if card.max_failure_share is None or not 0.0 <= card.max_failure_share <= 1.0:
+            errors["max_failure_share"] = "The allowed share of failing runs is between 0 and 1."
     elif card.kind == CardKind.EXPERIMENT:
         if card.parent is None or card.parent.kind != CardKind.HYPOTHESIS:
             errors["parent"] = "An experiment belongs to a hypothesis; choose one."
@@ -91,10 +115,16 @@ def _validate(card: Card) -> None:
         errors["parent"] = "The parent card must be on the same board."
     if card.parent_id is not None and card.parent_id == card.pk:
         errors["parent"] = "A card cannot be its own parent."
-    if card.owner_id is not None and not Membership.objects.filter(
-        team_id=card.board.team_id, user_id=card.owner_id
-    ).exists():
-        errors["owner"] = "The owner must be a member of this board's team."
+    if card.owner_id is not None:
+        role = (
+            Membership.objects.filter(team_id=card.board.team_id, user_id=card.owner_id)
+            .values_list("role", flat=True)
+            .first()
+        )
+        if role is None:
+            errors["owner"] = "The owner must be a member of this board's team."
+        elif check_owner_role and role not in EDITOR_ROLES:
+            errors["owner"] = "Viewers cannot own cards; choose a member or manager."
     if errors:
         first_field, first_message = next(iter(errors.items()))
         error = DomainError(first_message, field=first_field)
@@ -202,6 +232,16 @@ def card_create(
     return card
 
 
+def card_lock(*, card: Card) -> Card:
+    """The card row, locked, then read with its column and board. The lock statement selects the card
+    row alone: with a join, PostgreSQL's READ COMMITTED re-check of a concurrently moved card compares
+    its new column_id with the column row joined before, drops the row (DoesNotExist -> 500) and, without
+    OF, locks the board and column too. The version is compared after the lock, so every loser of a race
+    sees the winner's version and gets a 409."""
+    Card.objects.select_for_update().filter(pk=card.pk).values_list("pk", flat=True).get()
+    return Card.objects.select_related("column", "board").get(pk=card.pk)
+
+
 def _check_version(card: Card, expected_version: int | None) -> None:
     if expected_version is not None and expected_version != card.version:
         last = card.events.select_related("actor").order_by("-created_at", "-id").first()
@@ -222,12 +262,25 @@ def card_move(
     expected_version: int | None,
     index: int | None = None,
     reason: str = "",
+    confirm_over_limit: bool = True,
 ) -> Card:
-    card = Card.objects.select_for_update().select_related("column", "board").get(pk=card.pk)
+    """`confirm_over_limit=False` (a person's drop) refuses a move past a full column's WIP limit when
+    the team set its limits to strict, so the browser can ask first; run events always move."""
+    card = card_lock(card=card)
     _check_version(card, expected_version)
     if to_column.board_id != card.board_id:
         raise DomainError("Cards can only move between columns of their own board.", field="column")
     from_column = card.column
+    if not confirm_over_limit and from_column.pk != to_column.pk and to_column.wip_limit is not None:
+        from .teams import teamwork_settings
+
+        if teamwork_settings(team_id=card.board.team_id).wip_strict:
+            count = Card.objects.filter(column=to_column, archive__isnull=True).count()
+            if count >= to_column.wip_limit:
+                raise WipLimitError(
+                    f"{to_column.name} already holds {count} card(s), at its WIP limit of {to_column.wip_limit}. "
+                    f"Move {card.key} there anyway?"
+                )
     card.position = _position_at(to_column, index, exclude_id=card.pk)
     card.column = to_column
     if from_column.pk != to_column.pk:
@@ -258,12 +311,15 @@ def card_update(
     actor: User | None,
     expected_version: int | None,
     tags: Iterable[str] | None = None,
+    amendment_reason: str = "",
     **fields: Any,
 ) -> Card:
+    """Edit a card. Once a hypothesis's criterion froze (first linked run started), changing it is an
+    amendment: a reason is required and each changed field is recorded (who, when, old -> new)."""
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise DomainError(f"Unknown card field(s): {', '.join(sorted(unknown))}.")
-    card = Card.objects.select_for_update().select_related("column", "board").get(pk=card.pk)
+    card = card_lock(card=card)
     _check_version(card, expected_version)
     changed: dict[str, list[Any]] = {}
     for name, value in fields.items():
@@ -277,7 +333,10 @@ def card_update(
         card.criteria_set_at = timezone.now()
     if card.kind == CardKind.RESULT and "verdict" in changed and card.verdict:
         card.decided_at = timezone.now()
-    _validate(card)
+    _validate(card, check_owner_role="owner" in changed)
+    amended = [name for name in CRITERION_FIELDS if name in changed]
+    if card.kind == CardKind.HYPOTHESIS and card.criteria_frozen_at is not None and amended:
+        _amendments_record(card=card, actor=actor, changed={n: changed[n] for n in amended}, reason=amendment_reason)
     if tags is not None:
         before = sorted(card.tags.values_list("name", flat=True))
         _tags_set(card=card, tag_names=tags)
@@ -290,6 +349,29 @@ def card_update(
         kind = EventKind.STATUS if "verdict" in changed else EventKind.EDITED
         event_record(card=card, kind=kind, actor=actor, data={"changed": changed})
     return card
+
+
+def _amendments_record(*, card: Card, actor: User | None, changed: dict[str, list[Any]], reason: str) -> None:
+    from .verdicts import evidence_runs_started
+
+    reason = (reason or "").strip()
+    runs = evidence_runs_started(card=card)
+    if not reason:
+        error = DomainError(
+            f"The criterion of {card.key} froze when its first run started ({runs} run(s) so far); "
+            "say why it changes (the amendment is kept and the verdict becomes exploratory).",
+            field="amendment_reason",
+        )
+        error.errors = {"amendment_reason": error.message}  # type: ignore[attr-defined]
+        raise error
+    who = actor if actor is not None and actor.is_authenticated else None
+    CriterionAmendment.objects.bulk_create(
+        CriterionAmendment(card=card, actor=who, field=name, old_value=old, new_value=new, reason=reason,
+                           runs_started=runs)
+        for name, (old, new) in changed.items()
+    )
+    event_record(card=card, kind=EventKind.AMENDED, actor=actor,
+                 data={"changed": changed, "reason": reason, "runs_started": runs})
 
 
 @transaction.atomic
@@ -321,3 +403,56 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+@transaction.atomic
+def card_children_move_to_stage(*, card: Card, stage: str, actor: User | None, reason: str) -> list[Card]:
+    """Move a hypothesis's experiments along with it (e.g. out of Analyzing once the verdict is decided)."""
+    moved = []
+    children = Card.objects.filter(parent=card, kind=CardKind.EXPERIMENT).exclude(column__stage=stage)
+    for child in children.select_related("board", "column"):
+        if card_move_to_stage(card=child, stage=stage, actor=actor, reason=reason) is not None:
+            moved.append(child)
+    return moved
+
+
+# --- Archiving Done cards ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def cards_archive_done(*, team: Team, now: dt.datetime | None = None) -> int:
+    """Take Done cards older than the team's age limit off the board (idempotent). Returns how many."""
+    from ..models import CardArchive
+    from .teams import teamwork_settings
+
+    days = teamwork_settings(team_id=team.pk).archive_done_after_days
+    if not days:
+        return 0
+    cutoff = (now or timezone.now()) - dt.timedelta(days=days)
+    ids = list(
+        Card.objects.filter(
+            board__team=team, column__stage=Stage.DONE, completed_at__lt=cutoff, archive__isnull=True
+        ).values_list("pk", flat=True)
+    )
+    CardArchive.objects.bulk_create([CardArchive(card_id=i) for i in ids], ignore_conflicts=True)
+    return len(ids)
+
+
+@transaction.atomic
+def card_archive(*, card: Card, actor: User | None) -> None:
+    from ..models import CardArchive
+
+    CardArchive.objects.get_or_create(card=card, defaults={"archived_by": actor})
+
+
+@transaction.atomic
+def card_restore(*, card: Card, actor: User | None) -> bool:
+    """Put an archived card back on its board; it stays out of the next automatic pass for a full
+    age period because its completion time restarts."""
+    from ..models import CardArchive
+
+    deleted, _ = CardArchive.objects.filter(card=card).delete()
+    if deleted:
+        Card.objects.filter(pk=card.pk, completed_at__isnull=False).update(completed_at=timezone.now())
+        event_record(card=card, kind=EventKind.EDITED, actor=actor, data={"changed": {"archived": [True, False]}})
+    return bool(deleted)

@@ -30,11 +30,21 @@ from ..models import (
 from .cards import event_record
 
 
+def local_days_after(when: dt.datetime, days: int, zone: dt.tzinfo) -> dt.datetime:
+    """The same local wall-clock time `days` calendar days later in `zone`, as UTC.
+
+    Not `when + timedelta(days=...)` on a UTC time: across a DST change that is an hour off the
+    team's local start time. A wall time that does not exist that day (inside the spring-forward
+    gap) resolves with the offset before the change, i.e. as much later as the gap is long."""
+    wall = timezone.localtime(when, zone).replace(tzinfo=None) + dt.timedelta(days=days)
+    return wall.replace(tzinfo=zone).astimezone(dt.UTC)
+
+
 def iteration_default_name(*, team: Team, start: dt.datetime, end: dt.datetime) -> str:
     zone = team.zone
     first = timezone.localtime(start, zone).date()
     last = timezone.localtime(end - dt.timedelta(microseconds=1), zone).date()
-    if end - start <= dt.timedelta(days=1):  # a 1-day iteration is named after the day it starts
+    if end <= local_days_after(start, 1, zone):  # one day (23 or 25 h at a DST change): named after it
         return f"Day {first:%a %d %b %Y}"
     return f"{first:%d %b} to {last:%d %b %Y}"
 
@@ -58,11 +68,11 @@ def iteration_create(
     goal: str = "",
     actor: User | None = None,
 ) -> Iteration:
-    """Plan an iteration. `end` defaults to start + the team's iteration length."""
+    """Plan an iteration. `end` defaults to the team's iteration length later, in local calendar days."""
     if timezone.is_naive(start):
         start = timezone.make_aware(start, team.zone)
     if end is None:
-        end = start + dt.timedelta(days=team.iteration_days or 1)
+        end = local_days_after(start, team.iteration_days or 1, team.zone)
     elif timezone.is_naive(end):
         end = timezone.make_aware(end, team.zone)
     if end <= start:
@@ -266,11 +276,13 @@ def iteration_roll(*, team: Team, now: dt.datetime | None = None) -> Iteration |
 
 def _next_in_cadence(*, team: Team, now: dt.datetime) -> Iteration | None:
     last = Iteration.objects.filter(team=team, end__lte=now).order_by("-end").first()
-    length = dt.timedelta(days=team.iteration_days or 1)
+    days, zone = team.iteration_days or 1, team.zone
+    # Each iteration starts at the previous one's local start time, `days` local calendar days on,
+    # so a daily cadence stays at 00:00 (or 09:00) local through DST changes.
     start = last.end if last is not None else now
-    if now >= start + length:  # the scheduler was down: skip whole missed iterations
-        start += length * ((now - start) // length)
-    end = start + length
+    end = local_days_after(start, days, zone)
+    while end <= now:  # the scheduler was down: skip whole missed iterations
+        start, end = end, local_days_after(end, days, zone)
     upcoming = Iteration.objects.filter(team=team, start__gt=start, start__lt=end).order_by("start").first()
     if upcoming is not None:
         end = upcoming.start  # shorten rather than overlap an iteration someone already planned

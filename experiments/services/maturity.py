@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import maturity as mm
-from ..access import ensure_can_edit, membership_for
+from ..access import ensure_can_edit, ensure_manager, membership_for
 from ..errors import DomainError
 from ..models import MaturityAssessment, MaturitySnapshot, Team, User
 
@@ -40,6 +40,17 @@ def maturity_assessment_submit(*, team: Team, respondent: User, answers: Mapping
     ensure_can_edit(membership_for(user=respondent, team=team))
     cleaned = answers_clean(answers)
     return MaturityAssessment.objects.create(team=team, respondent=respondent, answers=cleaned)
+
+
+def maturity_tolerance_set(*, team: Team, actor: User, tolerance: float | None) -> Team:
+    """Set the team's relative tolerance for reproduced runs (None: the site default). Managers only."""
+    ensure_manager(membership_for(user=actor, team=team))
+    if tolerance is not None and not 0.0 <= tolerance <= 1.0:  # NaN fails the comparison too
+        raise DomainError("The tolerance is a share between 0 and 1, e.g. 0.02 for 2%.",
+                          field="maturity_repro_tolerance")
+    team.maturity_repro_tolerance = tolerance
+    team.save(update_fields=["maturity_repro_tolerance"])
+    return team
 
 
 def _as_of(date: dt.date) -> dt.datetime:

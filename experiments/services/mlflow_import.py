@@ -17,19 +17,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-import requests
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .. import outbound
 from ..errors import DomainError
 from ..models import (
     TERMINAL_STATUSES,
+    ArtifactFile,
+    ImportedRunArtifacts,
     LatestMetric,
     MlflowSource,
     Param,
@@ -39,6 +45,7 @@ from ..models import (
     TrackingExperiment,
     User,
 )
+from . import artifacts
 from .runs import (
     IngestError,
     MetricPoint,
@@ -51,6 +58,9 @@ from .runs import (
 )
 
 API_PREFIX = "/api/2.0/mlflow"
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+ARTIFACT_MAX_BYTES = 100 * 1024**3  # the storage's own limit (ARTIFACT_MAX_FILE_SIZE) applies too
+ARTIFACT_DEADLINE = 6 * 3600.0
 RUNS_PAGE_SIZE = 1000  # MLflow's default for runs/search
 HISTORY_PAGE_SIZE = 25000  # MLflow's largest get-history page
 EXPERIMENTS_PAGE_SIZE = 1000
@@ -59,6 +69,10 @@ ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.SCHEDULED)
 FULL_SYNC_INTERVAL = timedelta(hours=24)
 # Cursor key for the last full pass; MLflow experiment ids (the other keys) are numeric strings.
 LAST_FULL_SYNC_KEY = "last_full_sync"
+# Cursor key for the pass under way (the chunked import resumes from it).
+PASS_KEY = "pass"
+# MLflow error codes are enum names; anything else in that field is not shown.
+ERROR_CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}")
 
 
 class MlflowImportError(DomainError):
@@ -94,7 +108,9 @@ def mlflow_full_sync_due(*, source: MlflowSource, now: datetime | None = None) -
 
 
 class MlflowRestClient:
-    """Minimal MLflow REST 2.0 reader built on requests, with errors phrased for people."""
+    """Minimal MLflow REST 2.0 reader over the guarded outbound client, with errors phrased for people.
+
+    Error messages name the status and MLflow's error code only; the server's own text is never shown."""
 
     def __init__(self, tracking_uri: str, *, token: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
         uri = (tracking_uri or "").strip().rstrip("/")
@@ -105,24 +121,26 @@ class MlflowRestClient:
             )
         self.uri = uri
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "mlboard-import"
+        headers = {"User-Agent": "mlboard-import"}
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = outbound.OutboundClient(headers=headers, read_timeout=timeout)
 
     def _call(self, method: str, endpoint: str, *, params: dict | None = None, body: dict | None = None) -> dict:
-        url = f"{self.uri}{API_PREFIX}/{endpoint}"
+        return self._call_url(method, f"{self.uri}{API_PREFIX}/{endpoint}", params=params, body=body, what=endpoint)
+
+    def _call_url(self, method: str, url: str, *, params: dict | None = None, body: dict | None = None,
+                  what: str) -> dict:
+        endpoint = what
         try:
-            response = self.session.request(method, url, params=params, json=body, timeout=self.timeout)
-        except requests.Timeout:
-            raise MlflowImportError(f"MLflow server at {self.uri} did not answer within {self.timeout:g}s.") from None
-        except requests.ConnectionError as exc:
-            raise MlflowImportError(f"Cannot reach the MLflow server at {self.uri}: {_short(exc)}") from None
-        except requests.RequestException as exc:
-            raise MlflowImportError(f"Request to {url} failed: {_short(exc)}") from None
-        if response.status_code in (401, 403):
+            response = self.http.request(method, url, params=params, json=body)
+        except outbound.OutboundRefused as exc:
+            raise MlflowImportError(f"Calls to the MLflow server at {self.uri} are refused: {exc.message}") from None
+        except outbound.OutboundError as exc:
+            raise MlflowImportError(f"Cannot reach the MLflow server at {self.uri}: {exc.message}") from None
+        if response.status in (401, 403):
             raise MlflowImportError(
-                f"The MLflow server at {self.uri} rejected the credentials (HTTP {response.status_code}). "
+                f"The MLflow server at {self.uri} rejected the credentials ({outbound.status_text(response.status)}). "
                 "Check the token (--token) and that it may read these experiments."
             )
         payload: Any
@@ -130,17 +148,17 @@ class MlflowRestClient:
             payload = response.json()
         except ValueError:
             payload = None
-        if response.status_code >= 400:
+        if response.status >= 400:
             code = payload.get("error_code", "") if isinstance(payload, dict) else ""
-            message = payload.get("message", "") if isinstance(payload, dict) else ""
-            if response.status_code == 404 and not code:
+            code = code if isinstance(code, str) and ERROR_CODE_RE.fullmatch(code) else ""
+            if response.status == 404 and not code:
                 raise MlflowImportError(
                     f"{self.uri} does not look like an MLflow tracking server "
-                    f"(HTTP 404 for {API_PREFIX}/{endpoint}). Check the tracking URI."
+                    f"(HTTP 404 for {urlsplit(url).path}). Check the tracking URI."
                 )
             error = MlflowImportError(
-                f"MLflow server error on {endpoint} (HTTP {response.status_code}"
-                f"{', ' + code if code else ''}): {message or response.text[:200]}"
+                f"MLflow server error on {endpoint} ({outbound.status_text(response.status)}"
+                f"{', ' + code if code else ''})."
             )
             error.error_code = code  # type: ignore[attr-defined]
             raise error
@@ -186,18 +204,32 @@ class MlflowRestClient:
                 return None
             raise
 
+    def list_artifacts(self, path: str) -> list[dict]:
+        """One directory of the server's artifact proxy (`mlflow server --serve-artifacts`)."""
+        payload = self._call_url("GET", f"{self.uri}{ARTIFACTS_API}", params={"path": path}, what="artifact listing")
+        return [f for f in payload.get("files") or [] if isinstance(f, dict) and f.get("path")]
+
+    def download_artifact(self, path: str, sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
+        """Stream one file from the artifact proxy into `sink(chunks, length)`, never whole in memory."""
+        url = f"{self.uri}{ARTIFACTS_API}/{quote(path)}"
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise MlflowImportError(
+                        f"Artifact {path!r}: the server answered {outbound.status_text(response.status_code)}."
+                    )
+                declared = response.headers.get("Content-Length", "")
+                chunks = self.http.iter_body(response, max_bytes=ARTIFACT_MAX_BYTES, chunk_size=1 << 20,
+                                             deadline=ARTIFACT_DEADLINE)
+                return sink(chunks, int(declared) if declared.isdigit() else None)
+        except outbound.OutboundRefused as exc:
+            raise MlflowImportError(f"Calls to the MLflow server at {self.uri} are refused: {exc.message}") from None
+        except outbound.OutboundError as exc:
+            raise MlflowImportError(f"Cannot reach the MLflow server at {self.uri}: {exc.message}") from None
+
     def metric_history(self, run_id: str, key: str) -> Iterator[dict]:
         request = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE_SIZE}
         return self._paged("GET", "metrics/get-history", "metrics", request)
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    # requests nests the interesting part ("Connection refused", "Name or service not known") deep inside.
-    for marker in ("Connection refused", "Name or service not known", "nodename nor servname", "timed out"):
-        if marker in text:
-            return marker
-    return text[:200]
 
 
 # --- Progress and summary -------------------------------------------------------------------------
@@ -293,6 +325,56 @@ class _Context:
     users: dict[str, User | None] = field(default_factory=dict)
     filters_supported: bool = True
     full: bool = False
+    # The pass being worked on (cursor[PASS_KEY]); chunk limits: runs that needed work, and seconds.
+    state: dict[str, Any] = field(default_factory=dict)
+    max_runs: int | None = None
+    stop_at: float | None = None
+    work: int = 0
+
+    def chunk_full(self) -> bool:
+        if self.max_runs is not None and self.work >= self.max_runs:
+            return True
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
+
+
+class _ChunkFull(Exception):
+    """The chunk's budget is spent; the pass state says where the next chunk goes on."""
+
+
+@dataclass
+class ChunkResult:
+    done: bool
+    summary: SyncSummary
+    pass_id: str = ""
+    seq: int = 0
+    busy: bool = False
+
+
+def mlflow_sync_pass(*, source: MlflowSource) -> dict[str, Any] | None:
+    """The unfinished pass of `source` (id, seq, full, started_at, touched_at, ...), or None."""
+    state = (source.cursor or {}).get(PASS_KEY)
+    return state if isinstance(state, dict) and state.get("id") else None
+
+
+def _summary_from(state: dict[str, Any]) -> SyncSummary:
+    saved = state.get("summary") or {}
+    return SyncSummary(
+        experiments=saved.get("experiments", 0), runs_created=saved.get("runs_created", 0),
+        runs_updated=saved.get("runs_updated", 0), runs_unchanged=saved.get("runs_unchanged", 0),
+        metric_points=saved.get("metric_points", 0), problems=list(saved.get("problems", [])),
+    )
+
+
+def _save_state(ctx: _Context) -> None:
+    summary = ctx.summary
+    ctx.state["summary"] = {
+        "experiments": summary.experiments, "runs_created": summary.runs_created,
+        "runs_updated": summary.runs_updated, "runs_unchanged": summary.runs_unchanged,
+        "metric_points": summary.metric_points, "problems": summary.problems[:100],
+    }
+    ctx.state["touched_at"] = timezone.now().isoformat()
+    ctx.source.cursor = {**(ctx.source.cursor or {}), PASS_KEY: ctx.state}
+    MlflowSource.objects.filter(pk=ctx.source.pk).update(cursor=ctx.source.cursor)
 
 
 def mlflow_source_sync(
@@ -302,13 +384,35 @@ def mlflow_source_sync(
     client: MlflowRestClient | None = None,
     full: bool = False,
 ) -> SyncSummary:
-    """Import everything new from `source`; errors that stop the sync are stored in last_error and raised.
+    """Import everything new from `source` in one go; errors that stop the sync are stored in last_error
+    and raised. (The periodic task imports in chunks instead, `mlflow_source_sync_chunk`.)
 
     `full` lists every run instead of only those started/ended since the cursor; a full pass that
     completes records its start time in cursor["last_full_sync"].
     """
-    summary = SyncSummary()
-    started_at = timezone.now()
+    return mlflow_source_sync_chunk(source=source, progress=progress, client=client, full=full).summary
+
+
+def mlflow_source_sync_chunk(
+    *,
+    source: MlflowSource,
+    progress: SyncProgress | None = None,
+    client: MlflowRestClient | None = None,
+    full: bool = False,
+    max_runs: int | None = None,
+    max_seconds: float | None = None,
+) -> ChunkResult:
+    """One bounded step of a pass: continues the unfinished pass (or starts one), imports until
+    `max_runs` runs needed work or `max_seconds` passed, and saves where it stopped in
+    cursor["pass"]. Every step is idempotent, so a step that dies is simply done again.
+
+    The per-experiment cursors advance only when an experiment is complete, capped at the pass's
+    start, so runs that appear while a pass is under way are seen by the next one."""
+    state = mlflow_sync_pass(source=source)
+    if state is None or (full and not state.get("full")):
+        state = {"id": uuid.uuid4().hex, "seq": 0, "full": full, "started_at": timezone.now().isoformat(), "done": []}
+    state["seq"] = int(state.get("seq", 0)) + 1
+    summary = _summary_from(state)
     try:
         ctx = _Context(
             source=source,
@@ -317,11 +421,20 @@ def mlflow_source_sync(
             label=source_label(source),
             progress=progress or _NoProgress(),
             summary=summary,
-            full=full,
+            full=bool(state.get("full")),
+            state=state,
+            max_runs=max_runs,
+            stop_at=time.monotonic() + max_seconds if max_seconds else None,
         )
-        for experiment in _selected_experiments(ctx):
-            _sync_experiment(ctx, experiment)
-            summary.experiments += 1
+        try:
+            for experiment in _selected_experiments(ctx):
+                if str(experiment.get("experiment_id", "")) in state["done"]:
+                    continue
+                _sync_experiment(ctx, experiment)
+                summary.experiments += 1
+            _copy_artifacts(ctx)
+        except _ChunkFull:
+            return ChunkResult(done=False, summary=summary, pass_id=state["id"], seq=state["seq"])
     except MlflowImportError as exc:
         MlflowSource.objects.filter(pk=source.pk).update(last_error=exc.message)
         source.last_error = exc.message
@@ -330,14 +443,68 @@ def mlflow_source_sync(
     source.last_error = "\n".join(summary.problems[:20])
     if len(summary.problems) > 20:
         source.last_error += f"\n… and {len(summary.problems) - 20} more."
-    fields: dict[str, Any] = {"last_synced_at": source.last_synced_at, "last_error": source.last_error}
-    if full:
+    cursor = {k: v for k, v in (source.cursor or {}).items() if k != PASS_KEY}
+    if state.get("full"):
         # The start time, not the end: a tag set while the pass ran may have been missed by it.
         # Runs that failed to import are in the experiments' "active" lists, so they are retried anyway.
-        source.cursor = {**(source.cursor or {}), LAST_FULL_SYNC_KEY: started_at.isoformat()}
-        fields["cursor"] = source.cursor
-    MlflowSource.objects.filter(pk=source.pk).update(**fields)
-    return summary
+        cursor[LAST_FULL_SYNC_KEY] = state["started_at"]
+    source.cursor = cursor
+    MlflowSource.objects.filter(pk=source.pk).update(
+        last_synced_at=source.last_synced_at, last_error=source.last_error, cursor=cursor
+    )
+    return ChunkResult(done=True, summary=summary, pass_id=state["id"], seq=state["seq"])
+
+
+def _touched_recently(state: dict[str, Any], now: datetime) -> bool:
+    try:
+        touched = datetime.fromisoformat(state.get("touched_at") or state.get("started_at") or "")
+    except ValueError:
+        return False
+    # A live chain touches its pass at least once per chunk, and a chunk ends well inside the time limit.
+    return timedelta(0) <= now - touched < timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+
+
+def mlflow_source_sync_step(*, source_id: int, pass_id: str | None = None, seq: int | None = None) -> dict | None:
+    """One chunk of the periodic import, for the Celery task. The source row is locked for the chunk
+    (a duplicate delivery finds it busy and stops) and the chunk is one transaction, so a worker killed
+    mid-chunk leaves nothing half-done: the redelivered task does the same chunk again.
+
+    `pass_id`/`seq` name the chunk a chain asked for; a message for an older chunk (a duplicate chain)
+    stops. Without them (beat tick, "Sync now") a pass under way is left to its chain unless it stalled.
+    Returns a summary dict with "next": (pass_id, seq) when another chunk should follow."""
+    with transaction.atomic():
+        source = (
+            MlflowSource.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("team").filter(pk=source_id, enabled=True).first()
+        )
+        if source is None:
+            exists = MlflowSource.objects.filter(pk=source_id, enabled=True).exists()
+            return {"skipped": "busy"} if exists else None
+        state = mlflow_sync_pass(source=source)
+        if pass_id is None:
+            if state is not None and _touched_recently(state, timezone.now()):
+                return {"skipped": "a pass is under way"}
+        elif state is None or state.get("id") != pass_id or int(state.get("seq", 0)) != seq:
+            return {"skipped": "stale chain"}
+        full = bool(state["full"]) if state is not None else mlflow_full_sync_due(source=source)
+        try:
+            chunk = mlflow_source_sync_chunk(
+                source=source, full=full, max_runs=settings.MLFLOW_IMPORT_CHUNK_RUNS,
+                max_seconds=settings.MLFLOW_IMPORT_CHUNK_SECONDS,
+            )
+        except MlflowImportError as exc:
+            # Committed with what this chunk stored; the pass stays, and a later tick resumes it.
+            return {"error": exc.message, "full": full}
+    summary = chunk.summary
+    result: dict[str, Any] = {
+        "full": full, "done": chunk.done, "experiments": summary.experiments,
+        "runs_created": summary.runs_created, "runs_updated": summary.runs_updated,
+        "runs_unchanged": summary.runs_unchanged, "metric_points": summary.metric_points,
+        "problems": len(summary.problems),
+    }
+    if not chunk.done:
+        result["next"] = (chunk.pass_id, chunk.seq)
+    return result
 
 
 def _selected_experiments(ctx: _Context) -> list[dict]:
@@ -412,7 +579,17 @@ def _sync_experiment(ctx: _Context, data: dict) -> None:
     experiment_id = str(data.get("experiment_id", ""))
     experiment = _tracking_experiment(ctx, data)
     cursor = dict((ctx.source.cursor or {}).get(experiment_id) or {})
-    remote_runs = [r for r in _runs_to_consider(ctx, experiment_id, cursor) if _run_id(r)]
+    state = ctx.state
+    resuming = state.get("experiment") == experiment_id
+    # Sorted by id, so a chunk can say "everything up to this id is done".
+    remote_runs = sorted((r for r in _runs_to_consider(ctx, experiment_id, cursor) if _run_id(r)), key=_run_id)
+    if resuming:
+        remote_runs = [r for r in remote_runs if _run_id(r) > state.get("after", "")]
+        start_cursor, end_cursor = int(state.get("start_time", 0)), int(state.get("end_time", 0))
+        active = list(state.get("active", []))
+    else:
+        start_cursor, end_cursor = int(cursor.get("start_time", 0)), int(cursor.get("end_time", 0))
+        active = []
     ctx.progress.experiment_started(experiment.name, len(remote_runs))
     ids = [_run_id(r) for r in remote_runs]
     local = {r.external_id: r for r in Run.objects.filter(team=ctx.team, source=ctx.label, external_id__in=ids)}
@@ -422,10 +599,13 @@ def _sync_experiment(ctx: _Context, data: dict) -> None:
     ):
         latest.setdefault(run_pk, {})[key] = (step, ts)
 
-    start_cursor = int(cursor.get("start_time", 0))
-    end_cursor = int(cursor.get("end_time", 0))
-    active: list[str] = []
+    after = state.get("after", "") if resuming else ""
     for remote in remote_runs:
+        if ctx.chunk_full():
+            state.update(experiment=experiment_id, after=after, start_time=start_cursor, end_time=end_cursor,
+                         active=sorted(set(active)))
+            _save_state(ctx)
+            raise _ChunkFull
         run_id = _run_id(remote)
         info = remote.get("info") or {}
         start_cursor = max(start_cursor, _int(info.get("start_time")) or 0)
@@ -442,12 +622,24 @@ def _sync_experiment(ctx: _Context, data: dict) -> None:
             outcome = "failed"
             ctx.summary.problems.append(f"Run {run_id} in {experiment.name!r}: {message}")
             active.append(run_id)  # try again next time
+        if outcome != "unchanged":
+            ctx.work += 1
+        after = run_id
         ctx.progress.run_done(run_id, outcome)
+    # Runs that start or end while a pass is under way may sort before where it stood; capping at
+    # the pass's start lets the next pass's time filter see them (at worst a few are re-read, unchanged).
+    started_ms = int(datetime.fromisoformat(state["started_at"]).timestamp() * 1000) if state.get("started_at") else 0
+    if started_ms:
+        start_cursor = max(int(cursor.get("start_time", 0)), min(start_cursor, started_ms))
+        end_cursor = max(int(cursor.get("end_time", 0)), min(end_cursor, started_ms))
     # Persist per experiment so an interruption later keeps the work done so far.
     cursors = dict(ctx.source.cursor or {})
     cursors[experiment_id] = {"start_time": start_cursor, "end_time": end_cursor, "active": sorted(set(active))}
     ctx.source.cursor = cursors
-    MlflowSource.objects.filter(pk=ctx.source.pk).update(cursor=cursors)
+    for key in ("experiment", "after", "start_time", "end_time", "active"):
+        state.pop(key, None)
+    state.setdefault("done", []).append(experiment_id)
+    _save_state(ctx)
     ctx.progress.experiment_finished(experiment.name)
 
 
@@ -537,14 +729,18 @@ def _sync_run(
                 source=ctx.label,
                 external_id=run_id,
             )
+            remote_root = _proxied_root(info)
+            # Artifacts behind the server's proxy are copied here, under the team's own space.
+            local_uri = f"{artifacts.SCHEME}:/{artifacts.team_prefix(ctx.team.pk)}/{experiment.pk}/{run_id}/artifacts"
             extra = {
-                "artifact_uri": str(info.get("artifact_uri") or "")[:1000],
+                "artifact_uri": local_uri if remote_root is not None else str(info.get("artifact_uri") or "")[:1000],
                 "lifecycle_stage": str(info.get("lifecycle_stage") or "active")[:10],
             }
             if not run.user_name and user_name:
                 extra["user_name"] = user_name[:150]
             Run.objects.filter(pk=run.pk).update(**extra)
             added = run_log_metrics(run=run, points=points)
+            _note_artifacts(ctx, run, info, status)
         ctx.summary.runs_created += 1
         ctx.summary.metric_points += added
         return "created"
@@ -567,12 +763,100 @@ def _sync_run(
             )
             changed = True
         added = run_log_metrics(run=run, points=points)
+        _note_artifacts(ctx, run, info, status)
     ctx.summary.metric_points += added
     if changed or added:
         ctx.summary.runs_updated += 1
         return "updated"
     ctx.summary.runs_unchanged += 1
     return "unchanged"
+
+
+# --- Artifacts ------------------------------------------------------------------------------------
+
+
+def _proxied_root(info: dict) -> str | None:
+    """The path on the server's artifact proxy for a run whose artifact URI is `mlflow-artifacts:`;
+    None for artifacts the client wrote elsewhere itself (s3://, file://, ...), which are not copied.
+    A host in the URI is ignored: only the source's own server is ever asked."""
+    uri = str(info.get("artifact_uri") or "")
+    if not uri.startswith(artifacts.SCHEME + ":"):
+        return None
+    path = urlsplit(uri).path.strip("/")
+    try:
+        return artifacts.clean_path(path)
+    except IngestError:
+        return None
+
+
+def _note_artifacts(ctx: _Context, run: Run, info: dict, status: str) -> None:
+    """A finished run's artifacts are copied once (the copy step of the pass does it)."""
+    root = _proxied_root(info)
+    if root is None or status not in TERMINAL_STATUSES:
+        return
+    ImportedRunArtifacts.objects.get_or_create(run=run, defaults={"source": ctx.source, "remote_root": root})
+
+
+def _copy_artifacts(ctx: _Context) -> None:
+    """Copy pending runs' artifacts, file by file, streamed; stops (resumably) when the chunk is full."""
+    pending = (
+        ImportedRunArtifacts.objects.filter(source=ctx.source, done_at__isnull=True)
+        .select_related("run").order_by("pk")
+    )
+    for copy in pending:
+        if ctx.chunk_full():
+            _save_state(ctx)
+            raise _ChunkFull
+        _copy_run_artifacts(ctx, copy)
+
+
+def _copy_run_artifacts(ctx: _Context, copy: ImportedRunArtifacts) -> None:
+    run = copy.run
+    local_root = artifacts.run_artifact_root(run)
+    if local_root is None:
+        ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), error="No local artifact root.")
+        return
+    have = dict(ArtifactFile.objects.filter(path__startswith=local_root + "/").values_list("path", "size"))
+    files = size = 0
+    directories = [""]
+    while directories:
+        relative = directories.pop()
+        for entry in ctx.client.list_artifacts(f"{copy.remote_root}/{relative}".rstrip("/")):
+            name = str(entry["path"]).rsplit("/", 1)[-1]
+            child = f"{relative}/{name}".strip("/")
+            try:
+                child = artifacts.clean_path(child)
+            except IngestError:
+                ctx.summary.problems.append(f"Run {run.external_id}: artifact {child!r} has an unsafe path; skipped.")
+                continue
+            if entry.get("is_dir"):
+                directories.append(child)
+                continue
+            key = f"{local_root}/{child}"
+            expected = _int(entry.get("file_size"))
+            if key in have and (expected is None or have[key] == expected):
+                files, size = files + 1, size + have[key]
+                continue  # copied before (an interrupted copy resumes here)
+            if ctx.chunk_full():
+                _save_state(ctx)
+                raise _ChunkFull
+            try:
+                stored = ctx.client.download_artifact(
+                    f"{copy.remote_root}/{child}",
+                    lambda chunks, length, key=key: artifacts.artifact_upload(
+                        team=ctx.team, key=key, chunks=chunks, length=length),
+                )
+            except IngestError as exc:
+                ctx.summary.problems.append(f"Run {run.external_id}: artifact {child!r}: {exc.message}")
+                continue
+            except MlflowImportError as exc:
+                if _is_fatal(exc) and "answered" not in exc.message:
+                    raise
+                ctx.summary.problems.append(f"Run {run.external_id}: {exc.message}")
+                continue
+            ctx.work += 1
+            files, size = files + 1, size + stored.size
+    ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), files=files, size=size, error="")
 
 
 @transaction.atomic
@@ -595,13 +879,30 @@ def mlflow_source_upsert(
         source = MlflowSource(team=team, name=name[:80])
     if tracking_uri is not None:
         MlflowRestClient(tracking_uri)  # validates the URL shape
-        source.tracking_uri = tracking_uri.strip()
+        problem = outbound.url_problem(tracking_uri.strip())
+        if problem:
+            raise DomainError(f"The tracking URI cannot be used: {problem}", field="tracking_uri")
+        new_uri = tracking_uri.strip()
+        if source.pk and source.token and token is None and uri_origin(source.tracking_uri) != uri_origin(new_uri):
+            source.token = ""  # a token given for one server is not sent to another
+        source.tracking_uri = new_uri
     if token is not None:
         source.token = token
     if experiment_names is not None:
         source.experiment_names = "\n".join(n.strip() for n in experiment_names if n.strip())
     source.save()
     return source
+
+
+def uri_origin(uri: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URI: a stored token belongs to one origin."""
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower().rstrip("."), port or {"http": 80, "https": 443}.get(scheme)
 
 
 def default_source_name(tracking_uri: str) -> str:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
@@ -26,6 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..errors import DomainError
+from ..inputs import INT64_MAX, INT64_MIN
 from ..models import (
     TERMINAL_STATUSES,
     Card,
@@ -44,7 +46,9 @@ from ..models import (
     Trigger,
     User,
 )
+from ..selectors.metrics import series_version_bump
 from .cards import card_flag, card_move_to_stage, event_record
+from .verdicts import hypothesis_freeze, verdict_progress
 
 CARD_TAG = "mlboard.card"
 RUN_NAME_TAG = "mlflow.runName"
@@ -59,6 +63,11 @@ MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
 MAX_EXPERIMENT_NAME_LENGTH = 500
 DEFAULT_EXPERIMENT_NAME = "Default"
+# MLflow's SQL store keeps +/-Inf as the largest finite double. mlboard keeps the infinity itself (a
+# diverged run is evidence, and the largest double would read as a finite value to the statistics
+# and charts) and answers the MLflow API with the largest double (mlflow_api/http.json_number), so a
+# script reads back exactly what `mlflow server` would give it.
+FLOAT_MAX = 1.7976931348623157e308
 ACTIVE = "active"
 DELETED = "deleted"
 
@@ -96,7 +105,10 @@ def now_ms() -> int:
 def ms_to_dt(ms: int | None) -> datetime | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise IngestError(f"The time {ms} (milliseconds since the epoch) is out of range.") from None
 
 
 def dt_to_ms(value: datetime | None) -> int | None:
@@ -143,10 +155,14 @@ def _coerce_int(value: Any, what: str, key: str) -> int:
         if isinstance(value, float):
             if not value.is_integer():
                 raise ValueError
-            return int(value)
-        return int(value)
+            number = int(value)
+        else:
+            number = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise IngestError(f"Metric {key!r}: {what} must be an integer, got {value!r}.") from None
+        raise IngestError(f"Metric {key!r}: {what} must be an integer, got {str(value)[:40]!r}.") from None
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise IngestError(f"Metric {key!r}: {what} {number} is out of range for a 64-bit integer.")
+    return number
 
 
 _ADJECTIVES = (
@@ -275,6 +291,46 @@ def tracking_experiment_set_tag(*, experiment: TrackingExperiment, key: str, val
     return experiment
 
 
+@transaction.atomic
+def tracking_experiment_delete(*, experiment: TrackingExperiment) -> TrackingExperiment:
+    """Soft delete as MLflow: the experiment and all its runs become 'deleted', restorable."""
+    if experiment.lifecycle_stage != ACTIVE:
+        raise IngestError(f"No Experiment with id={experiment.pk} exists", mlflow_code="RESOURCE_DOES_NOT_EXIST")
+    now = timezone.now()
+    Run.objects.filter(experiment=experiment).update(lifecycle_stage=DELETED, updated_at=now)
+    experiment.lifecycle_stage = DELETED
+    experiment.save(update_fields=["lifecycle_stage", "updated_at"])
+    return experiment
+
+
+@transaction.atomic
+def tracking_experiment_restore(*, experiment: TrackingExperiment) -> TrackingExperiment:
+    if experiment.lifecycle_stage == ACTIVE:
+        raise IngestError(
+            f"Cannot restore an active experiment: experiment {experiment.pk} is not deleted.",
+            mlflow_code="INVALID_STATE",
+        )
+    now = timezone.now()
+    Run.objects.filter(experiment=experiment).update(lifecycle_stage=ACTIVE, updated_at=now)
+    experiment.lifecycle_stage = ACTIVE
+    experiment.save(update_fields=["lifecycle_stage", "updated_at"])
+    return experiment
+
+
+@transaction.atomic
+def tracking_experiment_rename(*, experiment: TrackingExperiment, new_name: str) -> TrackingExperiment:
+    name = _check_experiment_name(new_name)
+    if experiment.lifecycle_stage != ACTIVE:
+        raise IngestError("Cannot rename a non-active experiment.", mlflow_code="INVALID_STATE")
+    if TrackingExperiment.objects.filter(team_id=experiment.team_id, source=experiment.source, name=name).exclude(
+        pk=experiment.pk
+    ).exists():
+        raise IngestError(f"Experiment(name={name}) already exists.", mlflow_code="RESOURCE_ALREADY_EXISTS")
+    experiment.name = name
+    experiment.save(update_fields=["name", "updated_at"])
+    return experiment
+
+
 # --- Runs --------------------------------------------------------------------------------------
 
 
@@ -324,7 +380,8 @@ def run_create(
         start_time=start_time or timezone.now(),
         end_time=end_time,
         user=user,
-        user_name=(user.username if user else "")[:150],
+        # MLflow's user_id is the client's mlflow.user tag when it sends one.
+        user_name=(clean_tags.get("mlflow.user") or (user.username if user else ""))[:150],
         tags=clean_tags,
         code_version=code_version,
         data_version=data_version,
@@ -570,9 +627,13 @@ def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
     if not rows:
         return 0
     if connection.vendor == "postgresql":
-        return _log_metrics_postgresql(list(rows), list(latest.values()))
-    added = _bulk_insert_metrics(list(rows))
-    _upsert_latest(list(latest.values()))
+        added = _log_metrics_postgresql(list(rows), list(latest.values()))
+    else:
+        added = _bulk_insert_metrics(list(rows))
+        _upsert_latest(list(latest.values()))
+    if added:
+        # Cached chart series of this run go stale once the new points are visible to readers.
+        transaction.on_commit(partial(series_version_bump, run.pk))
     return added
 
 
@@ -796,13 +857,19 @@ def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
     if not statuses:
         return
     if trigger_run.status == RunStatus.FAILED or trigger_run.status == RunStatus.KILLED:
+        from .notifications import notify_run_failed
+
+        notify_run_failed(card=card, run=trigger_run)
         if not card.flagged:
             card_flag(
                 card=card, actor=None, flagged=True,
                 reason=f"Run {trigger_run.name or trigger_run.external_id} {trigger_run.status.lower()}",
             )
-    _move_by_run_statuses(card=card, statuses=statuses)
     hypothesis = card if card.kind == CardKind.HYPOTHESIS else _hypothesis_of(card)
+    if hypothesis is not None:
+        # Pre-registration: the criterion and plan freeze when the first evidence run is linked.
+        hypothesis_freeze(card=hypothesis)
+    _move_by_run_statuses(card=card, statuses=statuses)
     if hypothesis is not None and hypothesis.pk != card.pk:
         hypothesis_statuses = list(
             CardRun.objects.filter(
@@ -810,7 +877,9 @@ def _react_to_runs(*, card: Card, trigger_run: Run) -> None:
             ).values_list("run__status", flat=True)
         )
         _move_by_run_statuses(card=hypothesis, statuses=hypothesis_statuses)
-    if all(s in TERMINAL_STATUSES for s in statuses) and hypothesis is not None:
+    # The decision is taken when the planned runs are in (first n by finish time), whether or not
+    # other linked runs are still going; the evaluation itself is idempotent and waits for the plan.
+    if trigger_run.status in TERMINAL_STATUSES and hypothesis is not None:
         _enqueue_verdict(hypothesis.pk)
 
 
@@ -821,6 +890,11 @@ def _move_by_run_statuses(*, card: Card, statuses: list[str]) -> None:
     if any_active and stage in (Stage.BACKLOG, Stage.READY):
         card_move_to_stage(card=card, stage=Stage.RUNNING, actor=None, reason="first run started")
     elif all_terminal and stage in (Stage.BACKLOG, Stage.READY, Stage.RUNNING):
+        if card.kind == CardKind.HYPOTHESIS:
+            # A hypothesis waits for its planned runs ("2 of 5 runs") before it is analysed.
+            progress = verdict_progress(card=card)
+            if progress is not None and not progress.ready:
+                return
         card_move_to_stage(card=card, stage=Stage.ANALYZING, actor=None, reason="all linked runs finished")
 
 

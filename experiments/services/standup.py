@@ -1,9 +1,9 @@
 """Standup digests: build once per team and window, deliver each channel at most once.
 
 A digest is unique per (team, board, window_end), so a retried or duplicated task finds the
-stored digest instead of building a second one. Each channel is claimed by stamping its
-*_sent_at with a conditional UPDATE before sending and released again if sending fails, so a
-retry after a partial failure re-sends only what did not go out.
+stored digest instead of building a second one. Each channel has a DigestDelivery row with an
+idempotency key; it is marked sent only after the send succeeded (a crash mid-send leaves it
+unsent, so the retry sends again with the same key), and a channel marked sent is never sent again.
 """
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from ..models import Board, Membership, StandupDigest, Team
+from .. import outbound
+from ..models import Board, DigestDelivery, Membership, StandupDigest, Team
 from ..selectors.standup import CardGroup, StandupData, Window, standup_overview, window_start_before
 
 logger = logging.getLogger(__name__)
@@ -247,9 +251,14 @@ def standup_text(content: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's three control characters as entities, so names like `<!channel>` or `<https://x|y>` are inert."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _mrkdwn(text: str) -> str:
     # Slack mrkdwn escapes; section text is capped at 3000 characters.
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = slack_escape(text)
     return text if len(text) <= 2900 else text[:2899] + "…"
 
 
@@ -262,7 +271,7 @@ def standup_slack_payload(content: dict[str, Any]) -> dict[str, Any]:
     )
     standup_url = standup_link(content)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": digest_title(content)[:150]}},
+        {"type": "header", "text": {"type": "plain_text", "text": slack_escape(digest_title(content)[:150])}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(window_label(content))}]},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{summary}\n<{standup_url}|Open the standup>"}},
     ]
@@ -295,7 +304,8 @@ def standup_slack_payload(content: dict[str, Any]) -> dict[str, Any]:
     add("Cards", [item(c["key"], card_line(c)[len(c["key"]) + 1:], c.get("id")) for c in content["cards"]])
     add("Stuck", [item(s["key"], f"{s['title']} ({s['idle_hours']} h)", s.get("id")) for s in content["stuck"]])
     add("Over WIP", [_mrkdwn(f"{w['board']} / {w['column']}: {w['count']}/{w['limit']}") for w in content["wip_over"]])
-    text = f"{digest_title(content)}: {counts['finished']} finished, {counts['failed']} failed, " \
+    # The top-level text is the notification and fallback; Slack parses it like mrkdwn, so escape it too.
+    text = f"{slack_escape(digest_title(content))}: {counts['finished']} finished, {counts['failed']} failed, " \
            f"{counts['running']} running, {counts['proposals']} verdicts waiting"
     return {"text": text, "blocks": blocks[:50]}
 
@@ -345,14 +355,42 @@ def digest_recipients(team: Team) -> list[str]:
     return sorted(seen.values(), key=str.lower)
 
 
-def _claim(digest: StandupDigest, field: str) -> dt.datetime | None:
-    stamp = timezone.now()
-    claimed = StandupDigest.objects.filter(pk=digest.pk, **{f"{field}__isnull": True}).update(**{field: stamp})
-    return stamp if claimed else None
+def _delivery(digest: StandupDigest, channel: str) -> DigestDelivery:
+    delivery, _ = DigestDelivery.objects.get_or_create(
+        digest=digest, channel=channel, defaults={"key": uuid.uuid4()}
+    )
+    return delivery
 
 
-def _release(digest: StandupDigest, field: str, stamp: dt.datetime) -> None:
-    StandupDigest.objects.filter(pk=digest.pk, **{field: stamp}).update(**{field: None})
+@contextmanager
+def _sending(digest: StandupDigest, channel: str) -> Iterator[DigestDelivery | None]:
+    """Hold the channel's delivery row locked while sending, so a concurrent duplicate task waits
+    and then sees it sent. Yields None when it was sent already. The row is marked sent only when
+    the body exits normally; on an error (or a crash: the lock dies with the connection) it stays unsent."""
+    delivery = _delivery(digest, channel)
+    if delivery.sent_at is not None:
+        yield None
+        return
+    # Counted before the send, outside the transaction that a failure rolls back.
+    DigestDelivery.objects.filter(pk=delivery.pk).update(attempts=F("attempts") + 1)
+    with transaction.atomic():
+        delivery = DigestDelivery.objects.select_for_update().get(pk=delivery.pk)
+        if delivery.sent_at is not None:
+            yield None
+            return
+        yield delivery
+        delivery.sent_at, delivery.last_error = timezone.now(), ""
+        delivery.save(update_fields=["sent_at", "last_error"])
+        StandupDigest.objects.filter(pk=digest.pk).update(**{f"{channel}_sent_at": delivery.sent_at})
+        setattr(digest, f"{channel}_sent_at", delivery.sent_at)
+
+
+def _record_failure(digest: StandupDigest, channel: str, message: str) -> None:
+    # Outside the rolled-back transaction, so the failure stays visible.
+    DigestDelivery.objects.filter(digest=digest, channel=channel).update(last_error=message[:300])
+    if channel == DigestDelivery.Channel.WEBHOOK:
+        StandupDigest.objects.filter(pk=digest.pk).update(webhook_error=message[:1000])
+        digest.webhook_error = message[:1000]
 
 
 def _with_card_urls(content: dict[str, Any]) -> dict[str, Any]:
@@ -369,30 +407,33 @@ def standup_digest_send_email(*, digest: StandupDigest) -> bool:
     recipients = digest_recipients(digest.team)
     if not recipients:
         return False
-    stamp = _claim(digest, "email_sent_at")
-    if stamp is None:
-        return False
     try:
-        content = digest.content
-        message = EmailMultiAlternatives(
-            subject=f"[mlboard] {digest_title(content)}: {content['counts']['finished']} finished, "
-            f"{content['counts']['failed']} failed, {content['counts']['proposals']} verdicts waiting",
-            body=digest.text,
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            to=recipients,
-        )
-        message.attach_alternative(
-            render_to_string("standup/email.html", {
-                "content": _with_card_urls(content), "title": digest_title(content),
-                "window_label": window_label(content), "standup_url": standup_link(content),
-            }),
-            "text/html",
-        )
-        message.send(fail_silently=False)
-    except Exception:
-        _release(digest, "email_sent_at", stamp)
+        with _sending(digest, DigestDelivery.Channel.EMAIL) as delivery:
+            if delivery is None:
+                return False
+            content = digest.content
+            message = EmailMultiAlternatives(
+                subject=f"[mlboard] {digest_title(content)}: {content['counts']['finished']} finished, "
+                f"{content['counts']['failed']} failed, {content['counts']['proposals']} verdicts waiting",
+                body=digest.text,
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                to=recipients,
+                # The same Message-ID on every attempt: a resend after an unrecorded success is a duplicate
+                # that mail systems recognise.
+                headers={"Message-ID": f"<digest-{digest.pk}-{delivery.key}@mlboard>",
+                         "X-Idempotency-Key": str(delivery.key)},
+            )
+            message.attach_alternative(
+                render_to_string("standup/email.html", {
+                    "content": _with_card_urls(content), "title": digest_title(content),
+                    "window_label": window_label(content), "standup_url": standup_link(content),
+                }),
+                "text/html",
+            )
+            message.send(fail_silently=False)
+    except Exception as exc:
+        _record_failure(digest, DigestDelivery.Channel.EMAIL, f"Email failed: {type(exc).__name__}")
         raise
-    digest.email_sent_at = stamp
     return True
 
 
@@ -401,19 +442,17 @@ def standup_digest_send_webhook(*, digest: StandupDigest) -> bool:
     url = digest.team.webhook_url
     if not url:
         return False
-    stamp = _claim(digest, "webhook_sent_at")
-    if stamp is None:
-        return False
     try:
-        response = requests.post(url, json=standup_slack_payload(digest.content), timeout=WEBHOOK_TIMEOUT)
-        if response.status_code >= 300:
-            raise DeliveryError(f"Webhook answered HTTP {response.status_code}: {response.text[:200]}")
-    except Exception as exc:
-        _release(digest, "webhook_sent_at", stamp)
-        StandupDigest.objects.filter(pk=digest.pk).update(webhook_error=str(exc)[:1000])
-        raise
+        with _sending(digest, DigestDelivery.Channel.WEBHOOK) as delivery:
+            if delivery is None:
+                return False
+            outbound.post_json(url, standup_slack_payload(digest.content),
+                               headers={"Idempotency-Key": str(delivery.key)}, timeout=WEBHOOK_TIMEOUT)
+    except outbound.OutboundError as exc:
+        _record_failure(digest, DigestDelivery.Channel.WEBHOOK, f"Webhook failed: {exc.message}")
+        raise DeliveryError(f"Webhook failed: {exc.message}") from None
     StandupDigest.objects.filter(pk=digest.pk).update(webhook_error="")
-    digest.webhook_sent_at, digest.webhook_error = stamp, ""
+    digest.webhook_error = ""
     return True
 
 

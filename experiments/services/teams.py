@@ -17,9 +17,10 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 
+from .. import outbound
 from ..errors import DomainError
-from ..models import Membership, MlflowSource, Role, Run, Team, TrackingExperiment, User
-from .mlflow_import import source_label
+from ..models import Card, Membership, MlflowSource, Role, Run, Team, TeamworkSettings, TrackingExperiment, User
+from .mlflow_import import source_label, uri_origin
 
 STUCK_AFTER_MAX_HOURS = 24 * 30
 ITERATION_DAYS_MAX = 90
@@ -76,6 +77,9 @@ def _http_url_problem(url: str, *, what: str, example: str) -> str | None:
         return f"The {what} must start with http:// or https://, e.g. {example}."
     if not parts.hostname:
         return f"The {what} “{url}” has no host name; use e.g. {example}."
+    problem = outbound.url_problem(url)
+    if problem:
+        return f"The {what} cannot be used: {problem}"
     return None
 
 
@@ -265,6 +269,9 @@ def membership_set_role(*, membership: Membership, role: str) -> Membership:
         _ensure_not_last_manager(membership, action=f"made a {Role(role).label.lower()}")
     membership.role = role
     membership.save(update_fields=["role"])
+    if role == Role.VIEWER:
+        # Viewers cannot own cards: hand their cards back to the team.
+        Card.objects.filter(board__team_id=membership.team_id, owner_id=membership.user_id).update(owner=None)
     return membership
 
 
@@ -362,6 +369,12 @@ def mlflow_source_create(
     )
 
 
+def mlflow_token_follows(old_uri: str, new_uri: str) -> bool:
+    """Whether a stored token stays with a source whose URI changes from `old_uri` to `new_uri`:
+    only when scheme, host and port stay the same (a new path on the same server is fine)."""
+    return uri_origin(old_uri) == uri_origin(new_uri)
+
+
 @transaction.atomic
 def mlflow_source_update(
     *,
@@ -374,6 +387,7 @@ def mlflow_source_update(
     enabled: bool | None = None,
 ) -> MlflowSource:
     """Change only what is given. `token=None` (or blank) keeps the stored token; `clear_token` drops it.
+    A new URI on another scheme, host or port drops the stored token unless a new one is given.
 
     Renaming relabels the runs and experiments already imported, so the next sync updates them
     instead of importing everything again. A new tracking URI resets the sync cursor: experiment
@@ -402,6 +416,9 @@ def mlflow_source_update(
         source.name = clean_name
         update_fields.append("name")
     if clean_uri != source.tracking_uri:
+        if source.token and not clean_token and not mlflow_token_follows(source.tracking_uri, clean_uri):
+            # The token was given for the old server; sending it to another host would hand it over.
+            clear_token = True
         source.tracking_uri = clean_uri
         source.cursor = {}
         update_fields += ["tracking_uri", "cursor"]
@@ -440,3 +457,31 @@ def mlflow_source_sync_now(*, source: MlflowSource) -> None:
     transaction.on_commit(lambda: sync_mlflow_source.delay(source_id))
 
 
+
+
+# --- Teamwork settings (WIP strictness, Done archiving) -----------------------------------------
+
+
+def teamwork_settings(*, team_id: int) -> TeamworkSettings:
+    """The team's board-polish settings, created with defaults on first use."""
+    obj, _ = TeamworkSettings.objects.get_or_create(team_id=team_id)
+    return obj
+
+
+ARCHIVE_DAYS_MAX = 3650
+
+
+@transaction.atomic
+def teamwork_settings_update(
+    *, team: Team, wip_strict: bool, archive_done_after_days: int | None
+) -> TeamworkSettings:
+    if archive_done_after_days is not None and not 1 <= archive_done_after_days <= ARCHIVE_DAYS_MAX:
+        raise DomainError(
+            f"Archive Done cards after 1 to {ARCHIVE_DAYS_MAX} days, or leave it empty to keep them.",
+            field="archive_done_after_days",
+        )
+    obj = teamwork_settings(team_id=team.pk)
+    obj.wip_strict = wip_strict
+    obj.archive_done_after_days = archive_done_after_days
+    obj.save()
+    return obj

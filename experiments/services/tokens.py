@@ -46,3 +46,12 @@ def token_authenticate(*, secret: str) -> ApiToken | None:
 @transaction.atomic
 def token_revoke(*, token: ApiToken) -> None:
     ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def token_bind_team(*, token: ApiToken, team: Team) -> ApiToken:
+    """Pin an unbound token to the team it first logged into, so a job keeps logging there after
+    its user joins another team (only if still unbound: a concurrent bind wins)."""
+    if token.team_id is None:
+        ApiToken.objects.filter(pk=token.pk, team__isnull=True).update(team=team)
+        token.team = team
+    return token

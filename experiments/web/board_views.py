@@ -21,20 +21,23 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from ..access import ensure_can_edit, ensure_manager, get_board_or_404, get_membership_or_404
-from ..errors import ConflictError, DomainError, PermissionDeniedError
+from ..errors import ConflictError, DomainError, PermissionDeniedError, WipLimitError
 from ..models import Board, Card, CardKind, Column, Membership, Role, Stage
 from ..selectors.board import (
     SWIMLANES,
     BoardFilters,
+    archived_cards,
+    board_card,
+    board_cell_cards,
     board_stamp,
     board_view,
-    card_queryset,
     card_quick_view,
     column_card_ids,
     column_totals,
 )
+from ..selectors.verdicts import sample_size_hint
 from ..services.boards import board_create, column_create, column_delete, column_update, columns_reorder
-from ..services.cards import card_create, card_flag, card_move, card_update
+from ..services.cards import card_create, card_flag, card_move, card_restore, card_update
 from .forms import CARD_FORMS, BoardForm, ColumnForm, apply_domain_error
 
 View = Callable[..., HttpResponse]
@@ -107,6 +110,53 @@ def board_page(request: HttpRequest, board_id: int) -> HttpResponse:
     return render(request, "board/board.html", context)
 
 
+@login_required
+@require_GET
+def board_archive_page(request: HttpRequest, board_id: int) -> HttpResponse:
+    board, membership = get_board_or_404(user=request.user, board_id=board_id)
+    return render(
+        request, "board/archive.html",
+        {"team": board.team, "board": board, "cards": archived_cards(board=board), **_roles(membership)},
+    )
+
+
+@login_required
+@require_POST
+def card_restore_view(request: HttpRequest, board_id: int, card_id: int) -> HttpResponse:
+    board, membership = get_board_or_404(user=request.user, board_id=board_id)
+    if not membership.can_edit:
+        return HttpResponse("Viewers cannot change anything on this team.", status=403)
+    card = _board_card(board, card_id)
+    if card_restore(card=card, actor=request.user):
+        messages.success(request, f"{card.key} is back on the board.")
+    return redirect("board_archive", board.pk)
+
+
+@require_GET
+@board_endpoint
+def board_cell_cards_view(request: HttpRequest, board_id: int) -> HttpResponse:
+    """The next cards of one cell ("show more"), under the page's filters and swimlanes."""
+    board, membership = get_board_or_404(user=request.user, board_id=board_id)
+    filters = BoardFilters.from_params(request.GET)
+    column_id, offset = _int(request.GET.get("column")), _int(request.GET.get("offset"))
+    page = None
+    if column_id is not None and offset is not None:
+        page = board_cell_cards(
+            board=board, filters=filters, column_id=column_id, lane=request.GET.get("lane", "all"), offset=offset
+        )
+    if page is None:
+        return HttpResponse("That column is not on this board any more; reload the board.", status=404)
+    context = {
+        "board": board,
+        "page": page,
+        "lanes": filters.lanes,
+        "query": filters.querystring(),
+        "next_offset": page.offset + len(page.cards),
+        **_roles(membership),
+    }
+    return render(request, "board/_cell_cards.html", context)
+
+
 @require_GET
 @board_endpoint
 def board_state(request: HttpRequest, board_id: int) -> HttpResponse:
@@ -137,7 +187,12 @@ def card_move_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
     index = _target_index(request, column, card)
     stamp_before = board_stamp(board)
     try:
-        moved = card_move(card=card, to_column=column, actor=request.user, expected_version=version, index=index)
+        moved = card_move(
+            card=card, to_column=column, actor=request.user, expected_version=version, index=index,
+            confirm_over_limit=request.POST.get("confirm_over_limit") == "1",
+        )
+    except WipLimitError as exc:
+        return JsonResponse({"ok": False, "needs_confirm": True, "error": exc.message}, status=409)
     except ConflictError as exc:
         return JsonResponse(
             {"ok": False, "conflict": True, "error": exc.message, "current_version": exc.current_version},
@@ -146,11 +201,19 @@ def card_move_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
     except DomainError as exc:
         return JsonResponse({"ok": False, "error": exc.message}, status=400)
     position = column_card_ids(column).index(moved.pk) + 1
+    totals = column_totals(board)
+    target = next((c for c in totals if c["id"] == column.pk), None)
+    warning = (
+        f"{column.name} is now over its WIP limit ({target['total']} of {target['wip_limit']})."
+        if target and target["over_limit"] and moved.column_id != card.column_id
+        else ""
+    )
     return JsonResponse(
         {
             "ok": True,
             "card": {"id": moved.pk, "key": moved.key, "version": moved.version, "column": column.pk},
-            "columns": column_totals(board),
+            "columns": totals,
+            "wip_warning": warning,
             "message": f"{moved.key} moved to {column.name}, position {position}.",
             # Lets the page adopt the new stamp when nothing else changed, so its own move does not
             # look like a teammate's change on the next poll.
@@ -226,7 +289,7 @@ def card_flag_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
     card = card_flag(card=card, actor=request.user, flagged=flagged, reason=request.POST.get("reason", "").strip())
     if request.htmx:
         context = _quick_context(request, board, card, membership)
-        context["oob_card"] = card_queryset(board).get(pk=card.pk)
+        context["oob_card"] = board_card(board=board, card_id=card.pk)
         return render(request, "board/_quick_view.html", context)
     messages.success(request, f"{card.key} {'flagged' if flagged else 'unflagged'}.")
     return redirect("board", board_id=board.pk)
@@ -297,6 +360,7 @@ def card_edit_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
                     actor=request.user,
                     expected_version=form.cleaned_data["version"],
                     tags=form.cleaned_data["tags"],
+                    amendment_reason=form.cleaned_data.get("amendment_reason") or "",
                     **fields,
                 )
             except ConflictError as exc:
@@ -319,6 +383,7 @@ def card_edit_view(request: HttpRequest, board_id: int, card_id: int) -> HttpRes
         "kind_label": card.get_kind_display(),
         "conflict": conflict,
         "next": _safe_next(request, ""),
+        "sample_size": sample_size_hint(card=card) if card.kind == CardKind.HYPOTHESIS else None,
     }
     return render(request, "board/card_form.html", context, status=status)
 

@@ -8,8 +8,8 @@ from typing import Any
 from django import forms
 
 from ..errors import DomainError
-from ..models import Board, Card, CardKind, Column, Direction, Stage, User, VerdictChoice
-from ..selectors.board import parent_choices, team_users
+from ..models import AnalysisScale, AnalysisTest, Board, Card, CardKind, Column, Direction, Stage, User, VerdictChoice
+from ..selectors.board import owner_choices, parent_choices
 
 
 def apply_domain_error(form: forms.Form, error: DomainError) -> None:
@@ -60,7 +60,7 @@ class CardForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.board = board
         self.card = card
-        self.fields["owner"].queryset = team_users(board.team_id)
+        self.fields["owner"].queryset = owner_choices(board.team_id)
         if card is None:
             self.fields["column"].queryset = board.columns.order_by("position", "id")
             del self.fields["version"]
@@ -112,7 +112,10 @@ class CardForm(forms.Form):
 
 class HypothesisForm(CardForm):
     kind = CardKind.HYPOTHESIS
-    kind_fields = ("statement", "rationale", "metric_key", "direction", "threshold", "min_delta", "min_runs")
+    kind_fields = (
+        "statement", "rationale", "metric_key", "direction", "threshold", "min_delta", "min_runs", "analysis_test",
+        "analysis_scale", "paired", "equivalence_margin", "smallest_effect", "failures_count", "max_failure_share",
+    )
 
     statement = forms.CharField(
         required=False,
@@ -134,6 +137,50 @@ class HypothesisForm(CardForm):
         initial=3,
         error_messages={"required": "Say how many runs (seeds) a verdict needs; at least 1."},
     )
+    # The analysis plan; it freezes with the criterion when the first linked run starts.
+    analysis_test = forms.ChoiceField(
+        label="Test", choices=AnalysisTest.choices, initial=AnalysisTest.T, required=False
+    )
+    analysis_scale = forms.ChoiceField(
+        label="Scale", choices=AnalysisScale.choices, initial=AnalysisScale.RAW, required=False
+    )
+    paired = forms.BooleanField(
+        label="Pair with baseline runs by seed", required=False, initial=True,
+        help_text="A paired test on seed-matched differences whenever the seeds match.",
+    )
+    smallest_effect = forms.FloatField(
+        label="Smallest effect that matters", required=False,
+        help_text="Used to suggest the number of runs (80% power) and to report the power achieved.",
+    )
+    equivalence_margin = forms.FloatField(
+        label="Equivalence margin", required=False,
+        help_text="Optional: an effect within ± this is 'no meaningful effect' rather than inconclusive.",
+    )
+    failures_count = forms.BooleanField(
+        label="Failed and diverged runs count as failures", required=False, initial=True,
+    )
+    max_failure_share = forms.FloatField(
+        label="Failure share that blocks 'supported'", min_value=0, max_value=1, initial=0.2, required=False,
+    )
+    amendment_reason = forms.CharField(
+        label="Reason for changing the criterion", required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Required once runs have started: the change is recorded as an amendment.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.card is None or self.card.criteria_frozen_at is None:
+            del self.fields["amendment_reason"]
+
+    def service_fields(self) -> dict[str, Any]:
+        fields = super().service_fields()
+        # Fields a client left out keep the plan's defaults.
+        fields["analysis_test"] = fields["analysis_test"] or AnalysisTest.T
+        fields["analysis_scale"] = fields["analysis_scale"] or AnalysisScale.RAW
+        if fields["max_failure_share"] is None:
+            fields["max_failure_share"] = 0.2
+        return fields
 
 
 class ExperimentForm(CardForm):

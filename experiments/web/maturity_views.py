@@ -14,10 +14,21 @@ from django.views.decorators.http import require_http_methods
 
 from .. import maturity as mm
 from ..access import get_membership_or_404
-from ..errors import PermissionDeniedError
-from ..models import Membership
-from ..selectors.maturity import MaturityReport, assessment_for, maturity_report, maturity_trend
-from ..services.maturity import AnswersError, maturity_assessment_submit, maturity_snapshot_take
+from ..errors import DomainError, PermissionDeniedError
+from ..models import Membership, Role
+from ..selectors.maturity import (
+    MaturityReport,
+    assessment_for,
+    maturity_report,
+    maturity_trend,
+    repro_tolerance,
+)
+from ..services.maturity import (
+    AnswersError,
+    maturity_assessment_submit,
+    maturity_snapshot_take,
+    maturity_tolerance_set,
+)
 
 COLORSCALE = [[0.0, "#c0362c"], [0.5, "#f2b441"], [1.0, "#12805c"]]
 EMPTY_CELL = "#eef0f3"
@@ -169,14 +180,30 @@ def _report_context(report: MaturityReport, membership: Membership) -> dict[str,
         "min_runs": mm.MIN_RUNS,
         "min_cards": mm.MIN_CARDS,
         "gap_abs": mm.GAP_ABS,
+        "repro_tolerance_percent": f"{repro_tolerance(report.team) * 100:g}",
+        "team_tolerance_set": report.team.maturity_repro_tolerance is not None,
+        "is_manager": membership.role == Role.MANAGER,
     }
 
 
 # --- Views ----------------------------------------------------------------------------------------
 
 @login_required
+@require_http_methods(["GET", "POST"])
 def maturity_overview(request: HttpRequest, team_slug: str) -> HttpResponse:
     membership = get_membership_or_404(user=request.user, team_slug=team_slug)
+    if request.method == "POST":  # the reproduction tolerance (managers)
+        raw = request.POST.get("repro_tolerance_percent", "").strip()
+        try:
+            tolerance = None if raw == "" else float(raw) / 100
+            maturity_tolerance_set(team=membership.team, actor=request.user, tolerance=tolerance)
+        except ValueError:
+            messages.error(request, f"“{raw}” is not a number; enter a percentage such as 2.")
+        except (DomainError, PermissionDeniedError) as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, "Reproduction tolerance saved.")
+        return redirect("maturity", team_slug=membership.team.slug)
     report = maturity_report(team=membership.team)
     context = _report_context(report, membership)
     context["tab"] = "overview"

@@ -30,6 +30,7 @@ from ..selectors.velocity import (
     velocity_csv_rows,
     velocity_report,
 )
+from ..selectors.verdicts import verdict_fdr_summary
 from ..services.iterations import (
     iteration_close,
     iteration_commit_card,
@@ -71,6 +72,9 @@ def velocity(request: HttpRequest, team_slug: str) -> HttpResponse:
         report=report,
         figures=report.figures,
         tab="velocity",
+        fdr=verdict_fdr_summary(
+            team=ctx["team"], board=ctx["params"].board, start=ctx["params"].start, end=ctx["params"].end
+        ),
         first_signal_text=format_hours(report.totals.first_signal_median),
         decision_text=format_hours(report.totals.decision_median),
         rows=[_velocity_row_view(r) for r in report.rows],

@@ -13,8 +13,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
@@ -36,7 +35,9 @@ from ..models import (
     VerdictProposal,
 )
 from ..selectors import metrics as metric_selectors
+from ..selectors import registry as registry_selectors
 from ..selectors import runs as run_selectors
+from ..selectors import verdicts as verdict_selectors
 from ..services import runs as run_services
 
 PAGE_SIZE = 50
@@ -145,12 +146,15 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
     columns = list(chosen_cols or metric_keys[:DEFAULT_METRIC_COLUMNS])
 
     qs = run_selectors.runs_filtered(team=team, filters=filters)
-    paginator = Paginator(run_selectors.runs_prefetched(qs, metric_keys=columns), PAGE_SIZE)
-    page = paginator.get_page(request.GET.get("page"))
-    rows = run_selectors.runs_decorate(page.object_list, metric_keys=columns)
+    page = run_selectors.runs_page(
+        qs=run_selectors.runs_prefetched(qs, metric_keys=columns), sort=filters.sort,
+        after=request.GET.get("after"), size=PAGE_SIZE,
+    )
+    rows = run_selectors.runs_decorate(page.rows, metric_keys=columns)
     _decorate_durations(rows)
 
     base_query = request.GET.copy()
+    base_query.pop("after", None)
     base_query.pop("page", None)
     sort_query = base_query.copy()
     sort_query.pop("sort", None)
@@ -167,7 +171,6 @@ def runs_page(request: HttpRequest, team_slug: str) -> HttpResponse:
         "filters": filters,
         "rows": rows,
         "page": page,
-        "paginator": paginator,
         "columns": columns,
         "metric_keys": metric_keys,
         "statuses": RunStatus.choices,
@@ -211,11 +214,49 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     charts_list = [
         {"key": m.key, "src": f"{chart_base}?{urlencode({'key': m.key, 'run': run.pk})}"} for m in detail.metrics
     ]
+    from .teamwork_views import comments_context
+
     return render(
         request,
         "runs/detail.html",
-        {"team": run.team, "membership": membership, "run": run, "detail": detail, "charts": charts_list},
+        {"team": run.team, "membership": membership, "run": run, "detail": detail, "charts": charts_list,
+         **comments_context(request, run=run)},
     )
+
+
+@login_required
+@require_GET
+def models_page(request: HttpRequest, team_slug: str) -> HttpResponse:
+    """The team's model registry: registered models, versions with their run and card, aliases."""
+    membership = get_membership_or_404(user=request.user, team_slug=team_slug)
+    models = registry_selectors.team_registered_models(team=membership.team)
+    return render(request, "models/list.html", {"team": membership.team, "membership": membership, "models": models})
+
+
+@require_GET
+def mlflow_link_page(request: HttpRequest) -> HttpResponse:
+    """/mlflow/: the page behind the link MLflow clients print. The run is in the URL fragment, which
+    only the browser sees, so a script turns it into a query for mlflow_link_open."""
+    return render(request, "runs/mlflow_link.html", {"open_url": reverse("mlflow_link_open")})
+
+
+@login_required
+@require_GET
+def mlflow_link_open(request: HttpRequest) -> HttpResponse:
+    """?run=<MLflow run id> opens the run page; ?experiment=<id> the runs list filtered to it."""
+    run_id, experiment_id = request.GET.get("run", ""), request.GET.get("experiment", "")
+    if run_id:
+        run = run_selectors.run_by_external_id(user=request.user, external_id=run_id)
+        if run is None:
+            raise Http404("No such run in your teams.")
+        return HttpResponseRedirect(reverse("run_detail", args=[run.pk]))
+    if experiment_id:
+        experiment = run_selectors.tracking_experiment_for_link(user=request.user, experiment_id=experiment_id)
+        if experiment is None:
+            raise Http404("No such experiment in your teams.")
+        url = reverse("runs", args=[experiment.team.slug])
+        return HttpResponseRedirect(f"{url}?{urlencode({'experiment': experiment.pk})}")
+    return HttpResponseRedirect(reverse("home"))
 
 
 def _run_ids(request: HttpRequest) -> tuple[list[int], list[str]]:
@@ -260,6 +301,7 @@ def _chart_response(
         points=sum(len(s.steps) for s in series),
         total_points=sum(s.total_points for s in series),
         downsampled=any(s.downsampled for s in series),
+        finite_points=charts.finite_count(series),
     )
     return JsonResponse(payload)
 
@@ -304,6 +346,7 @@ def run_compare(request: HttpRequest, team_slug: str) -> HttpResponse:
             "problems": problems,
             "color_metric": color_metric,
             "differing_params": sum(1 for row in comparison.params if row.differs),
+            "cards_count": len({c.pk for run in comparison.runs for c in run.linked_cards}),
         },
     )
 
@@ -366,6 +409,34 @@ def _event_view(event: CardEvent) -> dict[str, Any]:
     }
 
 
+def events_collapsed(items: list[dict[str, Any]], *, min_run: int = 2) -> list[dict[str, Any]]:
+    """Consecutive automatic entries (run links, iteration bookkeeping, moves by run events) fold into
+    one expandable line, so what people did stays readable."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) >= min_run:
+            counts: dict[str, int] = {}
+            for item in run:
+                counts[item["text"]] = counts.get(item["text"], 0) + 1
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+            summary = "; ".join(f"{text} ({n} times)" if n > 1 else text for text, n in top)
+            out.append({"group": list(run), "count": len(run), "summary": summary, "event": run[0]["event"]})
+        else:
+            out.extend(run)
+        run.clear()
+
+    for item in items:
+        if item["automatic"]:
+            run.append(item)
+        else:
+            flush()
+            out.append(item)
+    flush()
+    return out
+
+
 def _criterion_text(card: Card) -> str:
     if not card.metric_key:
         return ""
@@ -378,7 +449,7 @@ def _criterion_text(card: Card) -> str:
         parts.append(f"improves on the baseline by at least {card.min_delta:g}")
     if not parts:
         parts.append(card.metric_key)
-    return f"{' and '.join(parts)} ({better} is better), over at least {card.min_runs} run(s)"
+    return f"{' and '.join(parts)} ({better} is better), decided on the first {card.min_runs} run(s)"
 
 
 STAT_LABELS = (
@@ -418,20 +489,55 @@ def _card_context(request: HttpRequest, card: Card, membership: Membership, **ex
     chart_list = [{"key": key, "src": f"{chart_base}?{urlencode({'key': key})}"} for key in page.metric_keys]
     proposal_stats = _proposal_stats(page.proposal)
     criteria = (page.proposal.stats or {}).get("criteria", {}) if page.proposal else {}
+    plan: dict[str, Any] = {}
+    if card.kind == CardKind.HYPOTHESIS:
+        shown = page.proposal or page.last_decision
+        plan = {
+            "progress": None if page.proposal else verdict_selectors.verdict_plan_progress(card=card),
+            "amendments": verdict_selectors.amendments_for_card(card=card),
+            "sample_size": verdict_selectors.sample_size_hint(card=card),
+            "details": verdict_selectors.verdict_detail_items(shown.stats if shown else None),
+            "excluded": (shown.stats or {}).get("excluded", []) if shown else [],
+            "later_runs": len((shown.stats or {}).get("later_run_ids", [])) if shown else 0,
+            "exploratory": bool((shown.stats or {}).get("exploratory")) if shown else False,
+        }
     return {
         "team": card.board.team,
         "membership": membership,
         "can_edit": membership.can_edit,
         "card": card,
         "page": page,
-        "events": [_event_view(e) for e in page.events],
+        "events": events_collapsed([_event_view(e) for e in page.events]),
         "charts": chart_list,
         "criterion": _criterion_text(card) if card.kind == CardKind.HYPOTHESIS else "",
         "proposal_stats": proposal_stats,
         "proposal_criteria": sorted(criteria.items()),
+        "plan": plan,
         "verdict_choices": VerdictChoice.choices,
         "compare_url": reverse("run_compare", args=[card.board.team.slug]),
+        **_teamwork_context(request, card),
         **extra,
+    }
+
+
+def _teamwork_context(request: HttpRequest, card: Card) -> dict[str, Any]:
+    """Comments, watching, the evidence snapshot and similar earlier hypotheses for the card page."""
+    from ..models import EvidenceSnapshot
+    from ..selectors.insights import similar_hypotheses
+    from ..selectors.notifications import is_watching
+    from .teamwork_views import comments_context
+
+    similar = []
+    if card.kind == CardKind.HYPOTHESIS:
+        similar = similar_hypotheses(
+            team=card.board.team, text=f"{card.title} {card.statement}",
+            tags=list(card.tags.values_list("name", flat=True)), metric_key=card.metric_key, exclude_id=card.pk,
+        )
+    return {
+        **comments_context(request, card=card),
+        "watching": is_watching(user=request.user, card_id=card.pk) or card.owner_id == request.user.pk,
+        "snapshot": EvidenceSnapshot.objects.filter(card=card).only("id", "created_at").first(),
+        "similar": similar,
     }
 
 

@@ -22,6 +22,7 @@ from ..selectors.standup import (
     standup_overview,
     standup_window,
 )
+from ..selectors.verdicts import verdict_fdr_summary
 from ..services.cards import card_add_note, card_move
 from ..services.standup import window_label
 
@@ -72,6 +73,7 @@ def standup_page(request: HttpRequest, team_slug: str, board_id: int | None = No
         "presets": PRESETS,
         "can_edit": membership.can_edit,
         "verdict_choices": VerdictChoice.choices,
+        "fdr": verdict_fdr_summary(team=team, board=board, start=window.start, end=window.end),
         "since_param": window.start.isoformat(),
         "show_all": show_all,
         "section_list": [

@@ -22,6 +22,7 @@ from ..access import get_membership_or_404
 from ..errors import DomainError, PermissionDeniedError
 from ..models import Membership, MlflowSource, Role, Team
 from ..selectors.teams import team_memberships, team_mlflow_sources
+from ..services.invitations import invitation_create
 from ..services.teams import (
     ITERATION_DAYS_MAX,
     STUCK_AFTER_MAX_HOURS,
@@ -32,6 +33,7 @@ from ..services.teams import (
     mlflow_source_delete,
     mlflow_source_sync_now,
     mlflow_source_update,
+    mlflow_token_follows,
     team_settings_clean,
     team_update,
     timezone_choices,
@@ -204,9 +206,14 @@ class MemberAddForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
 
+class InviteForm(forms.Form):
+    email = forms.EmailField(max_length=254, label="Email", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
 def _members_response(
     request: HttpRequest, membership: Membership, *, add_form: MemberAddForm | None = None,
-    row_error: tuple[int, str] | None = None, status: int = 200,
+    row_error: tuple[int, str] | None = None, status: int = 200, invite_form: InviteForm | None = None,
 ) -> HttpResponse:
     memberships = list(team_memberships(team_id=membership.team_id))
     managers = sum(1 for m in memberships if m.role == Role.MANAGER)
@@ -217,6 +224,7 @@ def _members_response(
         manager_count=managers,
         roles=Role.choices,
         add_form=add_form or MemberAddForm(),
+        invite_form=invite_form or InviteForm(prefix="invite"),
         row_error=row_error,
     )
     return render(request, "team/members.html", context, status=status)
@@ -242,6 +250,23 @@ def team_members(request: HttpRequest, membership: Membership) -> HttpResponse:
             )
             return redirect("team_members", team_slug=membership.team.slug)
     return _members_response(request, membership, add_form=form, status=400)
+
+
+@team_page
+@require_POST
+def team_member_invite(request: HttpRequest, membership: Membership) -> HttpResponse:
+    _ensure_manager(membership)
+    form = InviteForm(request.POST, prefix="invite")
+    if form.is_valid():
+        try:
+            invitation_create(team=membership.team, email=form.cleaned_data["email"],
+                              role=form.cleaned_data["role"], actor=request.user)
+        except DomainError as exc:
+            apply_domain_error(form, exc)
+        else:
+            messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+            return redirect("team_members", team_slug=membership.team.slug)
+    return _members_response(request, membership, invite_form=form, status=400)
 
 
 def _team_membership(membership: Membership, membership_id: int) -> Membership:
@@ -321,7 +346,10 @@ class MlflowSourceForm(forms.Form):
         if source is None:
             del self.fields["clear_token"]
         elif source.token:
-            self.fields["token"].help_text = "A token is stored. Leave empty to keep it, or enter a new one."
+            self.fields["token"].help_text = (
+                "A token is stored. Leave empty to keep it, or enter a new one. "
+                "A tracking URI on another host removes it; enter it again then."
+            )
             self.fields["token"].widget.attrs["placeholder"] = "•••••••• (stored)"
         else:
             del self.fields["clear_token"]
@@ -391,6 +419,10 @@ def team_mlflow_source_edit(request: HttpRequest, membership: Membership, source
         form = MlflowSourceForm(request.POST, source=source)
         if form.is_valid():
             data = form.cleaned_data
+            token_dropped = bool(
+                source.token and not data["token"] and data["tracking_uri"]
+                and not mlflow_token_follows(source.tracking_uri, data["tracking_uri"].strip())
+            )
             try:
                 mlflow_source_update(
                     source=source,
@@ -405,6 +437,9 @@ def team_mlflow_source_edit(request: HttpRequest, membership: Membership, source
                 apply_domain_error(form, exc)
             else:
                 messages.success(request, f"Saved MLflow source {source.name}.")
+                if token_dropped and not source.token:
+                    messages.warning(request, "The stored token was removed because the server changed. "
+                                     "Enter the token for the new server to use one.")
                 return redirect("team_mlflow_sources", team_slug=membership.team.slug)
         source.refresh_from_db()
         status = 400

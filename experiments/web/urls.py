@@ -14,4 +14,5 @@ urlpatterns = [
     path("", include("experiments.web.urls_maturity")),
     path("", include("experiments.web.urls_account")),
     path("", include("experiments.web.urls_team")),
+    path("", include("experiments.web.urls_teamwork")),
 ]

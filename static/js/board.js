@@ -132,7 +132,12 @@
     pending.add(id);
     card.classList.add("is-saving");
     card.setAttribute("aria-busy", "true");
-    const data = await postMove(id, body);
+    let data = await postMove(id, body);
+    // Strict WIP limits: the server refuses a drop onto a full column until the person confirms.
+    if (!data.ok && data.needs_confirm && window.confirm(data.error)) {
+      body.set("confirm_over_limit", "1");
+      data = await postMove(id, body);
+    }
     pending.delete(id);
     card.classList.remove("is-saving");
     card.removeAttribute("aria-busy");
@@ -141,7 +146,8 @@
       card.dataset.version = data.card.version;
       adoptStamp(data.stamp_before, data.stamp);
       updateColumns(data.columns);
-      announce(data.message);
+      announce(data.wip_warning ? `${data.message} ${data.wip_warning}` : data.message);
+      if (data.wip_warning) showAlert(data.wip_warning, "warn");
       refreshQuickView(id);
       flash(card, "is-moved");
       return true;
@@ -160,19 +166,38 @@
 
   // --- Mouse drag and drop (HTML5 DnD) ----------------------------------------------------------
 
-  function cardAfterPointer(cell, y) {
-    for (const el of cardsIn(cell)) {
-      if (drag && el === drag.card) continue;
-      const box = el.getBoundingClientRect();
-      if (y < box.top + box.height / 2) return el;
+  // Where the dragged card goes for a pointer over `cell`: decided from the one element under
+  // the pointer (a card, or the cell's empty tail), never by measuring every card of the column,
+  // so drag feedback costs the same in a column of 5 or 5,000 cards.
+  function placeDragged(cell, event) {
+    const card = drag.card;
+    const over = event.target.closest && event.target.closest(".card");
+    if (over === card) return;
+    if (over && over.parentElement === cell) {
+      const box = over.getBoundingClientRect();
+      const before = event.clientY < box.top + box.height / 2 ? over : siblingCard(over, 1);
+      if (before === card) return;
+      if (before === null) {
+        if (card.parentElement !== cell || siblingCard(card, 1) !== null) cell.appendChild(card);
+      } else if (card.parentElement !== cell || siblingCard(card, 1) !== before) {
+        cell.insertBefore(card, before);
+      }
+      return;
     }
-    return null;
+    // Over the cell itself: below its last card means "at the end"; gaps between cards keep the place.
+    let last = cell.lastElementChild;
+    while (last && !last.classList.contains("card")) last = last.previousElementSibling;
+    if (last === card) return;
+    if (last === null || event.clientY > last.getBoundingClientRect().bottom) {
+      const tail = last ? last.nextElementSibling : null;
+      if (tail) cell.insertBefore(card, tail); else cell.appendChild(card);
+    }
   }
 
   document.addEventListener("dragstart", (event) => {
     const card = event.target.closest && event.target.closest(".card[draggable=true]");
     if (!card || !canEdit() || pending.has(card.dataset.cardId)) { if (card) event.preventDefault(); return; }
-    drag = { card, from: snapshot(card), lane: cellOf(card).dataset.lane, dropped: false };
+    drag = { card, from: snapshot(card), lane: cellOf(card).dataset.lane, dropped: false, over: null };
     event.dataTransfer.effectAllowed = "move";
     event.dataTransfer.setData("text/plain", card.dataset.key);
     hideAlert();
@@ -188,14 +213,12 @@
     if (!cell || cell.dataset.lane !== drag.lane) return; // other lanes are not drop targets
     event.preventDefault();
     event.dataTransfer.dropEffect = "move";
-    $$(".cell.drop-over").forEach((c) => c !== cell && c.classList.remove("drop-over"));
-    cell.classList.add("drop-over");
-    const before = cardAfterPointer(cell, event.clientY);
-    if (before === null) {
-      if (drag.card.parentElement !== cell || drag.card.nextElementSibling) cell.appendChild(drag.card);
-    } else if (before !== drag.card && drag.card.nextElementSibling !== before) {
-      cell.insertBefore(drag.card, before);
+    if (drag.over !== cell) {
+      if (drag.over) drag.over.classList.remove("drop-over");
+      cell.classList.add("drop-over");
+      drag.over = cell;
     }
+    placeDragged(cell, event);
   });
 
   document.addEventListener("drop", (event) => {

@@ -94,10 +94,10 @@
   }
 
   function renderChart(el) {
-    if (el.getAttribute("data-chart-state")) return;
+    if (el.getAttribute("data-chart-state")) return el._rendering || Promise.resolve();
     el.setAttribute("data-chart-state", "loading");
     el.setAttribute("aria-busy", "true");
-    Promise.all([fetchPayload(el), loadPlotly()])
+    el._rendering = Promise.all([fetchPayload(el), loadPlotly()])
       .then(function (results) {
         var payload = results[0];
         var Plotly = results[1];
@@ -106,6 +106,11 @@
         if (!figure || !figure.data || figure.data.length === 0) {
           el.setAttribute("data-chart-state", "empty");
           showMessage(el, "chart-empty", "No points logged for this metric yet.");
+          return null;
+        }
+        if (payload.meta && payload.meta.finite_points === 0) {
+          el.setAttribute("data-chart-state", "empty");
+          showMessage(el, "chart-empty", "No finite values: every point of this metric is NaN or ±Inf.");
           return null;
         }
         el.innerHTML = "";
@@ -123,7 +128,33 @@
       .finally(function () {
         el.removeAttribute("aria-busy");
       });
+    return el._rendering;
   }
+
+  // Printing: lazy charts below the fold would print as placeholders, so render them all first.
+  function renderAll() {
+    var nodes = document.querySelectorAll("[data-chart-src], [data-chart-inline]");
+    return Promise.all(Array.prototype.map.call(nodes, function (el) {
+      if (observer) observer.unobserve(el);
+      return renderChart(el);
+    }));
+  }
+  window.addEventListener("beforeprint", renderAll);
+  if (window.matchMedia) {
+    var printQuery = window.matchMedia("print");
+    if (printQuery.addEventListener) {
+      printQuery.addEventListener("change", function (e) { if (e.matches) renderAll(); });
+    }
+  }
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-print-charts]");
+    if (!button) return;
+    button.disabled = true;
+    renderAll().then(function () {
+      button.disabled = false;
+      window.print();
+    });
+  });
 
   // --- Lazy loading ------------------------------------------------------------------------------
 

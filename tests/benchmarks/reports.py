@@ -8,6 +8,11 @@ database (or DATABASE_URL if set). Then times the velocity and flow selectors fo
 through Django's test client, printing query counts.
 
     .venv/bin/python tests/benchmarks/reports.py [days]
+    .venv/bin/python tests/benchmarks/reports.py --sizes 91,182,365   # N, 2N, 4N on fresh PostgreSQL databases
+
+With --sizes each size runs in a child process on its own fresh PostgreSQL database
+(mlboard_scale_bench_reports_<days>, dropped afterwards) and a table of selector times with the
+growth exponent follows.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import time
 
 from _bootstrap import TMP  # noqa: F401  (sets up Django)
+from _scaling import emit, print_growth, run_sizes
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
@@ -238,11 +244,19 @@ class Seeder:
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--sizes":
+        sizes = [int(x) for x in sys.argv[2].split(",")]
+        results = run_sizes(__file__, sizes, "mlboard_scale_bench_reports")
+        print_growth(sizes, results, label="days")
+        return
     days = int(sys.argv[1]) if len(sys.argv) > 1 else 365
     call_command("migrate", verbosity=0)
     t0 = time.perf_counter()
     seeder = Seeder(days)
     team = seeder.seed()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")  # as autovacuum would shortly after a bulk load
     print(f"Seeded in {time.perf_counter() - t0:.1f}s on {connection.vendor}: {len(seeder.iterations)} iterations, "
           f"{len(seeder.cards)} cards, {len(seeder.events)} events, {len(seeder.runs)} runs, "
           f"{len(seeder.links)} card-run links, {len(seeder.items)} iteration items, "
@@ -257,12 +271,15 @@ def main() -> None:
     }
     kinds = ("work", "hypothesis", "experiment")
     print("\nSelectors (median of 3)")
+    times: dict[str, float] = {}
     for label, data in views.items():
         params = parse_report_params(team=team, data=data, kinds=kinds)
         secs, report, queries = timed(lambda p=params: velocity_report(team=team, params=p))
+        times[f"velocity {label}"] = secs * 1000
         print(f"  velocity {label:<18} {secs * 1000:7.1f} ms  {queries} queries  {len(report.rows):>3} rows, "
               f"{report.totals.runs_finished} runs finished, {report.totals.hypotheses_resolved} resolved")
         secs, fr, queries = timed(lambda p=params: flow_report(team=team, params=p))
+        times[f"flow {label}"] = secs * 1000
         print(f"  flow     {label:<18} {secs * 1000:7.1f} ms  {queries} queries  {len(fr.done)} done, "
               f"{len(fr.in_progress)} in progress, {len(fr.days)} CFD days")
 
@@ -276,6 +293,7 @@ def main() -> None:
             data = views[label]
             secs, response, queries = timed(lambda p=path, d=data: client.get(f"/teams/{team.slug}/{p}", d))
             assert response.status_code == 200, response.status_code
+            times[f"page {name} {label}"] = secs * 1000
             print(f"  {name:<13} {label:<18} {secs * 1000:7.1f} ms  {queries} queries  "
                   f"{len(response.content) / 1024:7.1f} KiB")
     for name, path in (("iterations", "iterations/"), ("iteration", f"iterations/{seeder.iterations[-2].pk}/"),
@@ -283,6 +301,7 @@ def main() -> None:
         secs, response, queries = timed(lambda p=path: client.get(f"/teams/{team.slug}/{p}"))
         assert response.status_code == 200, response.status_code
         print(f"  {name:<32} {secs * 1000:7.1f} ms  {queries} queries  {len(response.content) / 1024:7.1f} KiB")
+    emit({"days": days, "times": times})
 
 
 if __name__ == "__main__":

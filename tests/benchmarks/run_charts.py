@@ -8,6 +8,16 @@ set), links them to an experiment card, then times:
 and prints response sizes and query counts.
 
     .venv/bin/python tests/benchmarks/run_charts.py [points_per_series] [runs]
+
+Database downsampling at scale (PostgreSQL; each size on its own fresh database, points loaded
+with generate_series, spikes at irregular steps, then VACUUM ANALYZE):
+
+    .venv/bin/python tests/benchmarks/run_charts.py --db 1000000,2000000,4000000   # one series of N points
+    .venv/bin/python tests/benchmarks/run_charts.py --db 10000000
+    .venv/bin/python tests/benchmarks/run_charts.py --card 50 100000               # 50 runs x 100k points
+
+prints cold (cache version bumped before each call) and cached medians of `metric_series`, the
+card chart endpoint, and the worker's RSS growth.
 """
 
 from __future__ import annotations
@@ -19,13 +29,14 @@ import sys
 import time
 
 from _bootstrap import TMP  # noqa: F401  (sets up Django)
+from _scaling import emit, print_growth, run_sizes
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from experiments.models import LatestMetric, Metric, RunStatus, User
-from experiments.selectors.metrics import downsample
+from experiments.selectors.metrics import downsample, metric_series, series_version_bump
 from experiments.services.boards import board_create, team_create
 from experiments.services.cards import card_create
 from experiments.services.runs import card_link_run, run_create
@@ -87,5 +98,86 @@ def main(points: int, n_runs: int) -> None:
               f"{len(ctx.captured_queries)} queries")
 
 
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def db_main(n_runs: int, points: int) -> None:
+    """n_runs series of `points` points each, loaded in SQL; times downsampling in the database."""
+    call_command("migrate", verbosity=0)
+    user = User.objects.create_user("bench", password="x")
+    team = team_create(name="Bench", slug="bench", owner=user)
+    board = board_create(team=team, name="Bench", key="B")
+    hyp = card_create(board=board, kind="hypothesis", title="H", actor=user)
+    exp = card_create(board=board, kind="experiment", title="E", actor=user, parent=hyp)
+    runs = []
+    for r in range(n_runs):
+        run = run_create(team=team, user=user, name=f"run-{r}", status=RunStatus.RUNNING)
+        card_link_run(card=exp, run=run, actor=user)
+        runs.append(run)
+    t0 = time.perf_counter()
+    with connection.cursor() as cursor:
+        # Irregular spikes (every 99,991st step, offset per run) so a bucket grid never lines up with them.
+        cursor.execute(
+            "INSERT INTO experiments_metric (run_id, key, value, is_nan, step, timestamp) "
+            "SELECT r, 'loss', CASE WHEN (g + r) %% 99991 = 4321 THEN 100.0 "
+            "ELSE exp(-g::float8 / %s * 4) + random() * 0.01 END, false, g, 1700000000000 + g "
+            "FROM unnest(%s::bigint[]) AS r, generate_series(0, %s - 1) AS g",
+            [points, [run.pk for run in runs], points],
+        )
+        cursor.execute(
+            "INSERT INTO experiments_latestmetric (run_id, key, value, is_nan, step, timestamp) "
+            "SELECT r, 'loss', 0.0, false, %s - 1, 1700000000000 + %s - 1 FROM unnest(%s::bigint[]) AS r",
+            [points, points, [run.pk for run in runs]],
+        )
+        cursor.execute("VACUUM ANALYZE experiments_metric")
+        cursor.execute("ANALYZE")
+    total = n_runs * points
+    print(f"loaded {n_runs} runs x {points:,} points ({total:,}) in {time.perf_counter() - t0:.1f}s")
+
+    def cold():
+        for run in runs:
+            series_version_bump(run.pk)
+        return metric_series(runs=runs, key="loss", max_points=1000 if n_runs == 1 else 200)
+
+    rss0 = rss_mib()
+    seconds_cold, series = timed(cold, repeat=5)
+    rss1 = rss_mib()
+    spikes = sum(1 for s in series for v in s.values if v == 100.0)
+    seconds_warm, _ = timed(lambda: metric_series(runs=runs, key="loss", max_points=1000 if n_runs == 1 else 200))
+    client = Client()
+    client.force_login(user)
+    chart_url = f"/cards/{exp.pk}/metrics.json?key=loss"
+
+    def endpoint_cold():
+        for run in runs:
+            series_version_bump(run.pk)
+        return client.get(chart_url)
+
+    seconds_endpoint, response = timed(endpoint_cold, repeat=3)
+    print(f"metric_series cold {seconds_cold * 1000:.0f} ms, cached {seconds_warm * 1000:.1f} ms; "
+          f"{sum(len(s.steps) for s in series):,} points drawn, {spikes} spikes kept; "
+          f"card chart endpoint cold {seconds_endpoint * 1000:.0f} ms ({len(response.content) / 1024:.0f} KiB); "
+          f"RSS {rss0:.0f} -> {rss1:.0f} MiB (+{rss1 - rss0:.1f})")
+    emit({"points": total, "times": {"metric_series cold": seconds_cold * 1000, "metric_series cached":
+          seconds_warm * 1000, "card chart endpoint cold": seconds_endpoint * 1000},
+          "rss_growth_mib": rss1 - rss0})
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000, int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    if len(sys.argv) > 2 and sys.argv[1] == "--db":
+        sizes = [int(x) for x in sys.argv[2].split(",")]
+        results = run_sizes(__file__, sizes, "mlboard_scale_bench_charts", ["--child"])
+        print_growth(sizes, results, label="points")
+    elif len(sys.argv) > 2 and sys.argv[2] == "--child":
+        db_main(1, int(sys.argv[1]))
+    elif len(sys.argv) > 3 and sys.argv[1] == "--card":
+        results = run_sizes(__file__, [int(sys.argv[2])], "mlboard_scale_bench_card", ["--card-child", sys.argv[3]])
+    elif len(sys.argv) > 3 and sys.argv[2] == "--card-child":
+        db_main(int(sys.argv[1]), int(sys.argv[3]))
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000, int(sys.argv[2]) if len(sys.argv) > 2 else 5)
