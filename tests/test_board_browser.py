@@ -183,7 +183,7 @@ def test_quick_view_and_move_control(page, login, live_server, board, member):
     panel.locator("select[name=to_column]").select_option(label="Done")
     panel.locator("button", has_text="Move").click()
     wait_announced(page, "CHURN-1 moved to Done")
-    page.wait_for_function("document.querySelector('#quick-view .ev-to') !== null")
+    page.wait_for_function("() => document.querySelector('#quick-view .ev-to') !== null")
     assert "Backlog" in panel.locator(".ev-moved").inner_text() and "Done" in panel.locator(".ev-moved").inner_text()
     assert page.locator(f"{cell(board, Stage.DONE)} #card-{card.pk}").count() == 1
     page.keyboard.press("Escape")
@@ -198,12 +198,12 @@ def test_filters_update_the_board_and_the_url(page, login, live_server, board, m
     login(member)
     open_board(page, live_server, board)
     page.fill("#board-q", "tenure")
-    page.wait_for_function("document.querySelectorAll('#board .card').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#board .card').length === 1")
     assert page.url.endswith(reverse("board", args=[board.pk]) + "?q=tenure"), "empty filters stay out of the URL"
     page.fill("#board-q", "")
-    page.wait_for_function("document.querySelectorAll('#board .card').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#board .card').length === 2")
     page.select_option("select[name=tag]", "loss")
-    page.wait_for_function("document.querySelectorAll('#board .card').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#board .card').length === 1")
     assert "tag=loss" in page.url
     page.click("text=By owner")
     page.wait_for_selector(".lane-head")

@@ -154,10 +154,10 @@ def test_runs_list_filters_with_htmx(page, login, live_server, member, card_with
     assert page.locator("table.runs-table tbody tr").count() == 4
     _shot(page, "runs_list")
     page.fill("#f-q", "s2")
-    page.wait_for_function("document.querySelectorAll('table.runs-table tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('table.runs-table tbody tr').length === 1")
     assert "q=s2" in page.url  # filters are kept in the address for sharing
     page.fill("#f-q", "")
-    page.wait_for_function("document.querySelectorAll('table.runs-table tbody tr').length === 4")
+    page.wait_for_function("() => document.querySelectorAll('table.runs-table tbody tr').length === 4")
     page.click("th a.sort:has-text('val_auc')")
     # Highest final val_auc first.
     page.wait_for_function(
