@@ -39,6 +39,10 @@ def _pages(team) -> list[str]:
         f"/teams/{slug}/reports/maturity/trend/", f"/teams/{slug}/reports/maturity/print/",
         f"/teams/{slug}/settings/", f"/teams/{slug}/members/", f"/teams/{slug}/mlflow/", "/account/tokens/",
         "/api/docs/",
+        # Teamwork, models and artifacts pages.
+        f"/teams/{slug}/models/", f"/teams/{slug}/leaderboard/", f"/teams/{slug}/connect/",
+        f"/teams/{slug}/board-rules/", "/notifications/", "/notifications/preferences/", "/search/?q=churn",
+        f"/boards/{board.pk}/archive/", f"/boards/{board.pk}/dead-ends/", "/mlflow/",
     ]
 
 
