@@ -855,7 +855,7 @@ def _copy_run_artifacts(ctx: _Context, copy: ImportedRunArtifacts) -> None:
                 ctx.summary.problems.append(f"Run {run.external_id}: {exc.message}")
                 continue
             ctx.work += 1
-            files, size = files + 1, size + stored.size
+            files, size = files + 1, size + stored  # artifact_upload returns the stored size
     ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), files=files, size=size, error="")
 
 
