@@ -248,13 +248,14 @@ SECURE_REFERRER_POLICY = "same-origin"
 
 # Content-Security-Policy (django-csp). Scripts only from here or with the per-request nonce;
 # styles allow inline because plotly.js injects <style> elements and templates use style attributes.
-from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE  # noqa: E402
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE  # noqa: E402
 
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
-        # 'unsafe-eval': plotly.js's WebGL traces (parcoords on run comparison) compile shaders with new Function.
-        "script-src": [SELF, NONCE, UNSAFE_EVAL],
+        # No 'unsafe-eval' here: only the run comparison page adds it (its WebGL parcoords compile
+        # shaders with new Function), through @csp_update on that one view.
+        "script-src": [SELF, NONCE],
         "style-src": [SELF, UNSAFE_INLINE],
         "img-src": [SELF, "data:", "blob:"],
         "font-src": [SELF, "data:"],

@@ -108,3 +108,13 @@ def test_each_response_has_its_own_nonce_and_inline_scripts_carry_it(db, member)
     assert nonces[0] != nonces[1]
     for response, nonce in zip(responses, nonces, strict=True):
         assert f'<script nonce="{nonce}">'.encode() in response.content
+
+
+def test_only_the_run_comparison_may_eval(db, team, member):
+    """'unsafe-eval' is granted to the one page whose WebGL chart needs it, not site-wide."""
+    client = Client()
+    client.force_login(member)
+    board_policy = client.get("/account/tokens/")["Content-Security-Policy"]
+    compare_policy = client.get(f"/teams/{team.slug}/runs/compare/")["Content-Security-Policy"]
+    assert "'unsafe-eval'" not in board_policy and "'nonce-" in board_policy
+    assert "'unsafe-eval'" in compare_policy and "script-src 'self'" in compare_policy

@@ -10,6 +10,8 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
+from csp.constants import UNSAFE_EVAL
+from csp.decorators import csp_update
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -311,6 +313,7 @@ def _chart_response(
 
 @login_required
 @require_GET
+@csp_update({"script-src": [UNSAFE_EVAL]})  # plotly's WebGL parcoords compile shaders with new Function
 def run_compare(request: HttpRequest, team_slug: str) -> HttpResponse:
     membership = get_membership_or_404(user=request.user, team_slug=team_slug)
     team = membership.team
