@@ -221,6 +221,24 @@ def test_power_and_sample_size_suggestion(board, team):
     assert f"Suggested {hint.n} runs per arm" in hint.text
 
 
+def test_create_form_suggests_runs_as_the_plan_is_typed(board, team, member, client_for):
+    for shift in (0.0, 0.05):
+        for v in (0.80, 0.82, 0.81):
+            run = run_create(team=team, status=RunStatus.FINISHED)
+            run_log_metrics(run=run, points=[MetricPoint(METRIC, v + shift, step=1)])
+    client = client_for(member)
+    form = client.get(reverse("board_card_create", args=[board.pk, "hypothesis"])).content.decode()
+    url = reverse("board_card_sample_size", args=[board.pk])
+    assert 'id="sample-size"' in form and url in form
+    sd = float(np.std([0.80, 0.82, 0.81, 0.85, 0.87, 0.86], ddof=1))
+    expected = st.sample_size(effect=0.02, sd=sd, design="pooled")
+    page = client.get(url, {"metric_key": METRIC, "min_delta": "0", "smallest_effect": "0.02"}).content.decode()
+    assert f"Suggested {expected} runs per arm" in page
+    # Without a smallest effect, or for a metric never logged, it says what is missing; bad numbers are ignored.
+    assert "smallest effect" in client.get(url, {"metric_key": METRIC, "min_delta": "x"}).content.decode()
+    assert "No past runs of nope" in client.get(url, {"metric_key": "nope", "smallest_effect": "nan"}).content.decode()
+
+
 def test_verdict_reports_power_achieved(board):
     card = hypothesis(board, smallest_effect=0.05)
     values = [0.86, 0.87, 0.89]

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from ..access import ensure_can_edit, ensure_manager, get_board_or_404, get_membership_or_404
 from ..errors import ConflictError, DomainError, PermissionDeniedError, WipLimitError
-from ..models import Board, Card, CardKind, Column, Membership, Role, Stage
+from ..models import AnalysisScale, Board, Card, CardKind, Column, Membership, Role, Stage
 from ..selectors.board import (
     SWIMLANES,
     BoardFilters,
@@ -341,6 +341,32 @@ def card_create_view(request: HttpRequest, board_id: int, kind: str) -> HttpResp
         "next": _safe_next(request, ""),
     }
     return render(request, "board/card_form.html", context, status=status)
+
+
+def _float_param(request: HttpRequest, name: str) -> float | None:
+    try:
+        value = float(request.GET.get(name, ""))
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+@login_required
+@require_GET
+def card_sample_size(request: HttpRequest, board_id: int) -> HttpResponse:
+    """The suggested runs per arm for a hypothesis being written (htmx, as its plan is typed in)."""
+    board, _membership = get_board_or_404(user=request.user, board_id=board_id)
+    draft = Card(
+        board=board,
+        kind=CardKind.HYPOTHESIS,
+        metric_key=request.GET.get("metric_key", "").strip()[:250],
+        min_delta=_float_param(request, "min_delta"),
+        smallest_effect=_float_param(request, "smallest_effect"),
+        equivalence_margin=_float_param(request, "equivalence_margin"),
+        analysis_scale=AnalysisScale.LOG if request.GET.get("analysis_scale") == "log" else AnalysisScale.RAW,
+        paired=request.GET.get("paired") in ("on", "true", "1"),
+    )
+    return render(request, "board/_sample_size.html", {"board": board, "sample_size": sample_size_hint(card=draft)})
 
 
 @board_endpoint

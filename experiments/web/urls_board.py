@@ -7,6 +7,7 @@ urlpatterns = [
     path("boards/<int:board_id>/cells/", v.board_cell_cards_view, name="board_cell_cards"),
     path("boards/<int:board_id>/state/", v.board_state, name="board_state"),
     path("boards/<int:board_id>/cards/new/<str:kind>/", v.card_create_view, name="board_card_create"),
+    path("boards/<int:board_id>/cards/sample-size/", v.card_sample_size, name="board_card_sample_size"),
     path("boards/<int:board_id>/cards/<int:card_id>/move/", v.card_move_view, name="board_card_move"),
     path("boards/<int:board_id>/cards/<int:card_id>/quick/", v.card_quick, name="board_card_quick"),
     path("boards/<int:board_id>/cards/<int:card_id>/edit/", v.card_edit_view, name="board_card_edit"),
