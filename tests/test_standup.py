@@ -497,7 +497,7 @@ def test_move_card_from_the_page(recent_window, board, member, client_for):
     card.refresh_from_db()
     assert card.column == analyzing and card.version == 2
     trigger = json.loads(response["HX-Trigger"])["standup:card-changed"]
-    assert trigger == {"card": card.pk, "column": "Analyzing", "version": 2}
+    assert trigger == {"cards": [{"card": card.pk, "column": "Analyzing", "version": 2}]}
     assert f'value="{card.version}"' in response.content.decode()
 
 
@@ -557,7 +557,7 @@ def test_add_note_from_the_page(recent_window, board, member, client_for):
     assert "Seed 3 diverged after epoch 4." in html and "Note added to" in html
     card.refresh_from_db()
     assert card.learnings.endswith("mo] Seed 3 diverged after epoch 4.")
-    assert json.loads(response["HX-Trigger"])["standup:card-changed"]["version"] == card.version
+    assert json.loads(response["HX-Trigger"])["standup:card-changed"]["cards"][0]["version"] == card.version
     empty = client_for(member).post(url, {"text": "   "})
     assert empty.status_code == 400 and "The note is empty." in empty.content.decode()
 

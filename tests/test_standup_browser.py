@@ -41,6 +41,13 @@ def test_decisions_from_the_standup_page_without_reload(page, login, live_server
     box.get_by_role("button", name=f"Confirm {proposal.get_proposed_display().lower()}").click()
     page.wait_for_selector(f"#proposal-{proposal.pk}.is-decided")
     assert "Confirmed" in box.inner_text()
+    # The experiment moved on with its hypothesis; its row follows without a reload.
+    exp_row = page.locator(f'#finished .su-card[data-card-id="{exp.pk}"]')
+    page.wait_for_function(
+        "id => document.querySelector(`#finished .su-card[data-card-id='${id}'] .js-column`).textContent === 'Done'",
+        arg=exp.pk,
+    )
+    assert exp_row.locator(".js-column").inner_text() == "Done"
 
     # Add a learning note to the experiment from its row.
     row = page.locator(f'#finished .su-card[data-card-id="{exp.pk}"]')
@@ -51,10 +58,10 @@ def test_decisions_from_the_standup_page_without_reload(page, login, live_server
     assert "Buckets beat raw tenure on every seed." in row.locator(".su-note-last").inner_text()
 
     # Move the experiment; its other rows and version stay in sync, so a second move is no conflict.
-    row.get_by_label(f"Move {exp.key} to column").select_option(label="Done")
+    row.get_by_label(f"Move {exp.key} to column").select_option(label="Running")
     row.get_by_role("button", name="Move").click()
-    page.wait_for_selector(f'#finished .su-card[data-card-id="{exp.pk}"] .su-msg.ok:has-text("Moved to Done")')
-    assert row.locator(".js-column").inner_text() == "Done"
+    page.wait_for_selector(f'#finished .su-card[data-card-id="{exp.pk}"] .su-msg.ok:has-text("Moved to Running")')
+    assert row.locator(".js-column").inner_text() == "Running"
     row.get_by_label(f"Move {exp.key} to column").select_option(label="Analyzing")
     row.get_by_role("button", name="Move").click()
     page.wait_for_selector(f'#finished .su-card[data-card-id="{exp.pk}"] .su-msg.ok:has-text("Moved to Analyzing")')

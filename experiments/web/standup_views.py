@@ -7,6 +7,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
@@ -126,11 +127,10 @@ def _now():
     return timezone.now()
 
 
-def _changed_trigger(response: HttpResponse, card: Card) -> HttpResponse:
-    # Other rows of the same card (it can sit in several sections) update their column and version.
-    response["HX-Trigger"] = json.dumps(
-        {"standup:card-changed": {"card": card.pk, "column": card.column.name, "version": card.version}}
-    )
+def _changed_trigger(response: HttpResponse, *cards: Card) -> HttpResponse:
+    # Other rows of the same cards (a card can sit in several sections) update their column and version.
+    changed = [{"card": c.pk, "column": c.column.name, "version": c.version} for c in cards]
+    response["HX-Trigger"] = json.dumps({"standup:card-changed": {"cards": changed}})
     return response
 
 
@@ -238,7 +238,11 @@ def standup_verdict_decide(request: HttpRequest, team_slug: str, proposal_id: in
                 context["p"] = proposal
     proposal.stat_items = proposal_stat_items(proposal.stats)
     response = render(request, "standup/_proposal.html", context, status=status)
-    return _changed_trigger(response, proposal.card) if status == 200 else response
+    if status != 200:
+        return response
+    # A decision also moves the hypothesis's experiments on with it: their rows follow too.
+    moved = Card.objects.filter(Q(pk=proposal.card_id) | Q(parent_id=proposal.card_id)).select_related("column")
+    return _changed_trigger(response, *moved)
 
 
 # --- History -------------------------------------------------------------------------------------

@@ -148,7 +148,10 @@
   // A card can appear in several sections; keep its column and version in sync everywhere so the
   // next move from another row does not report a false conflict.
   document.body.addEventListener("standup:card-changed", function (e) {
-    const d = e.detail;
+    (e.detail.cards || []).forEach(sync);
+  });
+
+  function sync(d) {
     document.querySelectorAll('[data-card-id="' + d.card + '"]').forEach(function (el) {
       el.querySelectorAll(".js-column").forEach(function (c) { c.textContent = d.column; });
     });
@@ -160,5 +163,5 @@
         Array.prototype.forEach.call(select.options, function (o) { o.selected = o.text === d.column; });
       }
     });
-  });
+  }
 })();
