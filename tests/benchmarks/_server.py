@@ -1,4 +1,4 @@
-"""Shared parts of the server benchmarks (load.py, pg_restart.py): a private PostgreSQL cluster, a seeded
+"""Shared parts of the server benchmarks (load.py, pg_restart.py, artifacts.py, mlflow_ingest.py): a private PostgreSQL cluster, a seeded
 database, gunicorn on loopback, a logged-in client. Everything listens on 127.0.0.1 only."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -129,3 +130,39 @@ def login(base: str, username: str = "alice", password: str = "demo") -> request
     if response.status_code != 302:
         raise RuntimeError(f"login failed: HTTP {response.status_code}")
     return session
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
+    """Poll `url` until the server answers; fail early if its process exits."""
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before answering {url}")
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.3)
+    raise RuntimeError(f"server did not answer {url} within {seconds}s")
+
+
+@contextlib.contextmanager
+def process_server(
+    *, cmd: list[str], env: dict[str, str], cwd: Path, probe: str, log: Path, settle: float = 0.0
+) -> Iterator[subprocess.Popen]:
+    """Run `cmd` in its own process group until the block ends; `settle` waits after the first answer
+    (for instance until every worker has booted, before memory baselines)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(probe, proc)
+        time.sleep(settle)
+        yield proc
+    finally:
+        # Only the process group this script started.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)

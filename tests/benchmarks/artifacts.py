@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+from _server import process_server as _process_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_BIN = Path(os.environ.get("MLFLOW_BIN", "/tmp/mlflow-venv/bin/mlflow"))
@@ -50,39 +49,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
-    stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode} before answering {url}")
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.3)
-    raise RuntimeError(f"server did not answer {url} within {seconds}s")
-
-
-@contextmanager
-def server(cmd: list[str], *, env: dict[str, str], cwd: Path, probe: str, log: Path):
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until_up(probe, proc)
-        time.sleep(2)  # let every worker finish booting before memory baselines are taken
-        yield proc
-    finally:
-        # Only the process group this script started.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # --- Memory sampling ---------------------------------------------------------------------------
@@ -348,8 +314,10 @@ def main() -> int:
             ]
             if args.threads:
                 gunicorn += ["--worker-class", "gthread", "--threads", str(args.threads)]
-            proc = stack.enter_context(server(gunicorn, env=env, cwd=ROOT, probe=f"http://{HOST}:{port}/accounts/login/",
-                                              log=work / "mlboard.log"))
+            proc = stack.enter_context(_process_server(
+                cmd=gunicorn, env=env, cwd=ROOT, probe=f"http://{HOST}:{port}/accounts/login/",
+                log=work / "mlboard.log", settle=2.0,
+            ))
             auth = {"MLFLOW_TRACKING_TOKEN": token}
             targets.append(Target("mlboard (gunicorn)", f"http://{HOST}:{port}/mlflow", auth, proc))
             targets.append(Target("mlboard multipart", f"http://{HOST}:{port}/mlflow", auth, proc, multipart=True))
@@ -364,8 +332,10 @@ def main() -> int:
                     "--serve-artifacts", "--artifacts-destination", str(work / "mlflow-artifacts"),
                     "--uvicorn-opts", "--timeout-worker-healthcheck 600",
                 ]
-                proc = stack.enter_context(server(cmd, env=mlflow_env, cwd=work, probe=f"http://{HOST}:{port}/health",
-                                                  log=work / "mlflow.log"))
+                proc = stack.enter_context(_process_server(
+                    cmd=cmd, env=mlflow_env, cwd=work, probe=f"http://{HOST}:{port}/health",
+                    log=work / "mlflow.log", settle=2.0,
+                ))
                 targets.append(Target("mlflow server", f"http://{HOST}:{port}", {}, proc))
             for number in range(args.rounds):
                 for target in targets:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,13 +24,14 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import requests
+from _server import process_server as _process_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgres://postgres@127.0.0.1:5432"
@@ -55,38 +55,6 @@ def recreate_database(name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{PG}/{name}"
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode} before answering {url}")
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.3)
-    raise RuntimeError(f"server did not answer {url} within {seconds}s")
-
-
-@contextmanager
-def server(cmd: list[str], *, env: dict[str, str], cwd: Path, probe: str, log: Path):
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until_up(probe, proc)
-        yield proc
-    finally:
-        # Only the process group this script started.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # --- mlboard side ------------------------------------------------------------------------------
@@ -317,7 +285,7 @@ def main() -> int:
             str(Path(sys.executable).parent / "gunicorn"), "mlboard.wsgi", "-b", f"{HOST}:{port}",
             "-w", str(args.workers), "--timeout", "120", "--log-level", "warning",
         ]
-        stack.enter_context(server(gunicorn, env=mlboard_env(mlboard_db), cwd=ROOT,
+        stack.enter_context(_process_server(cmd=gunicorn, env=mlboard_env(mlboard_db), cwd=ROOT,
                                    probe=f"http://{HOST}:{port}/accounts/login/", log=logs / "mlboard.log"))
         targets.append(Target("mlboard (gunicorn)", f"http://{HOST}:{port}/mlflow",
                               {"Authorization": f"Bearer {token}"}, mlboard_db, count_mlboard_points))
@@ -333,7 +301,7 @@ def main() -> int:
                 # Its default 5 s worker health check kills workers busy with a first slow request.
                 "--uvicorn-opts", "--timeout-worker-healthcheck 60",
             ]
-            stack.enter_context(server(cmd, env=env, cwd=logs, probe=f"http://{HOST}:{port}/health",
+            stack.enter_context(_process_server(cmd=cmd, env=env, cwd=logs, probe=f"http://{HOST}:{port}/health",
                                        log=logs / "mlflow.log"))
             targets.append(Target("mlflow server", f"http://{HOST}:{port}", {}, mlflow_db, count_mlflow_points))
         for target in targets if args.preload else ():
