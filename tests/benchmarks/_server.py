@@ -1,5 +1,6 @@
-"""Shared parts of the server benchmarks (load.py, pg_restart.py, artifacts.py, mlflow_ingest.py): a private PostgreSQL cluster, a seeded
-database, gunicorn on loopback, a logged-in client. Everything listens on 127.0.0.1 only."""
+"""Shared parts of the server benchmarks (load.py, pg_restart.py, artifacts.py, mlflow_ingest.py): a
+private PostgreSQL cluster, a seeded database, gunicorn on loopback, a logged-in client, a process-group
+server. Everything listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
