@@ -138,14 +138,15 @@ def mlflow_server(tmp_path):
 def test_import_copies_artifacts_of_a_server_that_does_not_proxy_them(team, local_store, mlflow_server, tmp_path):
     python, url = mlflow_server
     out = run_script(python, textwrap.dedent("""
-        import os, mlflow
+        import os, tempfile, mlflow
         mlflow.set_experiment("legacy")
         with mlflow.start_run() as run:
             mlflow.log_metric("auc", 0.81)
             mlflow.log_text("lr=0.1\\n", "notes/params.txt")
             blob = os.urandom(3 * 1024 * 1024)
-            open("weights.bin", "wb").write(blob)
-            mlflow.log_artifact("weights.bin", "model")
+            local = os.path.join(tempfile.mkdtemp(), "weights.bin")
+            open(local, "wb").write(blob)
+            mlflow.log_artifact(local, "model")
         print("RUN", run.info.run_id)
         print("URI", run.info.artifact_uri)
     """), env={"MLFLOW_TRACKING_URI": url, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
