@@ -265,3 +265,77 @@ def test_client_run_link_opens_the_run_page(client, live_server, member):
     listed = browser.get("/runs/mlflow-link/", {"experiment": stored.experiment_id})
     assert listed.status_code == 302 and listed["Location"].endswith(f"/runs/?experiment={stored.experiment_id}")
     assert browser.get("/runs/mlflow-link/", {"run": "0" * 32}).status_code == 404
+
+
+def _models_with_metrics(client: MlflowClient) -> tuple[str, dict[str, str]]:
+    """Four models: a (accuracy 0.95 then, later, 0.80 on val), b (0.85 on test), c (0.99 on val), d (none)."""
+    experiment_id = client.create_experiment("model-search")
+    run_id = client.create_run(experiment_id).info.run_id
+    ids = {}
+    for name, points in (
+        ("a", [(0.95, 1, "val", "d1"), (0.80, 2, "val", "d1")]),
+        ("b", [(0.85, 1, "test", "d2")]),
+        ("c", [(0.99, 1, "val", "d1")]),
+        ("d", []),
+    ):
+        model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+        for value, timestamp, dataset, digest in points:
+            client.log_metric(run_id, "accuracy", value, timestamp=timestamp, step=0, model_id=model.model_id,
+                              dataset_name=dataset, dataset_digest=digest)
+        ids[name] = model.model_id
+    return experiment_id, ids
+
+
+def test_search_logged_models_by_metric_and_dataset_as_mlflow(client):
+    experiment_id, ids = _models_with_metrics(client)
+
+    def names(**kwargs) -> list[str]:
+        found = client.search_logged_models([experiment_id], **kwargs)
+        return [next(n for n, i in ids.items() if i == m.model_id) for m in found]
+
+    # Some point of the metric passes (a's earlier 0.95 counts); newest model first.
+    assert names(filter_string="metrics.accuracy > 0.9") == ["c", "a"]
+    assert names(filter_string="metrics.accuracy <= 0.85 AND name != 'a'") == ["b"]
+    # With datasets, the matching point must be on one of them.
+    assert names(filter_string="metrics.accuracy > 0.8", datasets=[{"dataset_name": "test"}]) == ["b"]
+    assert names(filter_string="metrics.accuracy > 0.9", datasets=[{"dataset_name": "test"}]) == []
+    # Datasets alone: models with any metric on them; a digest narrows the name.
+    assert names(datasets=[{"dataset_name": "val", "dataset_digest": "d1"}]) == ["c", "a"]
+    assert names(datasets=[{"dataset_name": "val", "dataset_digest": "other"}]) == []
+    assert names(datasets=[{"dataset_name": "val"}, {"dataset_name": "test"}]) == ["c", "b", "a"]
+
+
+def test_search_logged_models_ordered_by_latest_metric_value_missing_last(client):
+    experiment_id, ids = _models_with_metrics(client)
+
+    def names(*order_by: dict) -> list[str]:
+        found = client.search_logged_models([experiment_id], order_by=list(order_by))
+        return [next(n for n, i in ids.items() if i == m.model_id) for m in found]
+
+    # a's latest accuracy is 0.80 (timestamp 2), not its best; d has none and comes last both ways.
+    assert names({"field_name": "metrics.accuracy", "ascending": True}) == ["a", "b", "c", "d"]
+    assert names({"field_name": "metrics.accuracy", "ascending": False}) == ["c", "b", "a", "d"]
+    # On one dataset only b has a value; the rest keep the default order (newest first).
+    assert names({"field_name": "metrics.accuracy", "dataset_name": "test"}) == ["b", "d", "c", "a"]
+    assert names({"field_name": "name", "ascending": False}) == ["d", "c", "b", "a"]
+
+
+def test_search_logged_models_rejects_what_mlflow_rejects(client):
+    experiment_id, _ = _models_with_metrics(client)
+    for kwargs in (
+        {"order_by": [{"field_name": "params.lr"}]},
+        {"order_by": [{"field_name": "no_such_column"}]},
+        {"filter_string": "metrics.accuracy > 'high'"},
+    ):
+        with pytest.raises(MlflowException) as excinfo:
+            client.search_logged_models([experiment_id], **kwargs)
+        assert excinfo.value.error_code == "INVALID_PARAMETER_VALUE", kwargs
+    # The client cannot send a dataset without a name; other clients can.
+    response = requests.post(
+        f"{client.tracking_uri}/api/2.0/mlflow/logged-models/search",
+        json={"experiment_ids": [experiment_id], "datasets": [{"dataset_digest": "d1"}]},
+        headers={"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "dataset_name" in response.json()["message"]

@@ -119,6 +119,7 @@ def logged_model_search(caller: Caller, body: Body) -> dict[str, Any]:
         raise invalid("Missing value for required parameter 'experiment_ids'.")
     order_by = [o for o in body.list("order_by") if isinstance(o, dict)]
     models, token = model_selectors.logged_models_search(
+        datasets=body.list("datasets"),
         team=caller.team,
         experiment_ids=ids,
         filter_string=body.string("filter"),
