@@ -150,7 +150,7 @@ def test_registry_versions_aliases_stages_and_download_uri(client, team):
     assert client.get_model_version_download_uri("churn", "1") == model.artifact_location
     assert client.get_model_version_download_uri("churn", "2") == f"runs:/{run.info.run_id}/model"
     tags = LoggedModel.objects.get(model_id=model.model_id).tags
-    assert json.loads(tags["mlflow.modelVersions"]) == [{"name": "churn", "version": "1"}]
+    assert json.loads(tags["mlflow.modelVersions"]) == [{"name": "churn", "version": 1}]
 
     client.set_registered_model_alias("churn", "champion", "1")
     assert client.get_model_version_by_alias("churn", "champion").version == "1"
@@ -339,3 +339,56 @@ def test_search_logged_models_rejects_what_mlflow_rejects(client):
     )
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "dataset_name" in response.json()["message"]
+
+
+def _post(client: MlflowClient, route: str, body: dict) -> requests.Response:
+    return requests.post(
+        f"{client.tracking_uri}/api/2.0/mlflow/{route}", json=body,
+        headers={"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}, timeout=30,
+    )
+
+
+def test_gaps_found_by_mlflows_rest_tracking_tests(client, member):
+    """What tests/compat/mlflow_rest_suite.py found mlboard doing differently from mlflow server."""
+    experiment_id = client.create_experiment("gaps")
+    client.set_experiment_tag(experiment_id, "dataset", "imagenet")
+    client.delete_experiment_tag(experiment_id, "dataset")
+    assert "dataset" not in client.get_experiment(experiment_id).tags
+    with pytest.raises(MlflowException) as excinfo:
+        client.delete_experiment_tag(experiment_id, "dataset")
+    assert excinfo.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+    # user_id is what the client sends ("unknown" without an mlflow.user tag), the token's user stays the owner.
+    run = client.create_run(experiment_id)
+    assert client.get_run(run.info.run_id).info.user_id == "unknown"
+    assert Run.objects.get(external_id=run.info.run_id).user == member
+
+    # MLflow does not check a logged model's source run: an id of no run is kept as given.
+    model = client.create_logged_model(experiment_id, source_run_id="123")
+    assert client.get_logged_model(model.model_id).source_run_id == "123"
+    found = client.search_logged_models([experiment_id], filter_string="source_run_id = '123'")
+    assert [m.model_id for m in found] == [model.model_id]
+
+    with pytest.raises(MlflowException, match=r"Invalid value 123456789 for parameter 'max_results' supplied"):
+        client.search_runs([experiment_id], max_results=123456789)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "message"),
+    [
+        ("experiments/create", {"name": "x", "tags": "5"}, "Invalid value \"5\" for parameter 'tags' supplied"),
+        ("runs/log-batch", {"metrics": "foo"}, "Invalid value \"foo\" for parameter 'metrics' supplied"),
+        ("runs/log-batch", {"params": "foo"}, "Invalid value \"foo\" for parameter 'params' supplied"),
+        ("runs/log-metric", {"key": 31, "value": 1, "timestamp": 1}, "Invalid value 31 for parameter 'key' supplied"),
+        ("runs/log-metric", {"key": "k", "value": 1, "timestamp": 1, "step": "foo"},
+         "Invalid value \"foo\" for parameter 'step' supplied"),
+        ("runs/log-metric", {"key": "k", "value": 1, "timestamp": "foo"},
+         "Invalid value \"foo\" for parameter 'timestamp' supplied"),
+        ("runs/log-metric", {"value": 1, "timestamp": 1}, "Missing value for required parameter 'key'"),
+    ],
+)
+def test_request_fields_of_the_wrong_type_are_refused_in_mlflows_words(client, route, body, message):
+    run_id = client.create_run(client.create_experiment("validation")).info.run_id
+    response = _post(client, route, {"run_id": run_id, **body})
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert message in response.json()["message"]

@@ -29,11 +29,23 @@ from ..selectors import artifacts as artifact_selectors
 from ..services import artifacts as artifact_services
 from ..services.runs import IngestError
 from ..storage import CHUNK_SIZE, Truncated
-from .http import Caller, MlflowApiError, authenticate, error_response, exception_response, invalid, json_response
+from . import model_selectors, selectors
+from .http import (
+    Body,
+    Caller,
+    MlflowApiError,
+    authenticate,
+    error_response,
+    exception_response,
+    invalid,
+    json_response,
+    mlflow_endpoint,
+)
 
 # A refused upload is read to its end (up to this much) so the client gets the JSON error rather
 # than a connection reset in the middle of sending.
 DRAIN_LIMIT = 64 * 1024 * 1024
+PROXY_SCHEME = f"{artifact_services.SCHEME}:"
 
 
 class ArtifactFileResponse(FileResponse):
@@ -263,3 +275,39 @@ def server_info(request: HttpRequest) -> HttpResponse:
             "multipart_downloads_enabled": False,
         }
     )
+
+
+# --- Run and model-version artifacts by id (REST artifacts/list, the UI's get-artifact routes) ---------
+
+
+@mlflow_endpoint("GET")
+def artifacts_list(caller: Caller, body: Body) -> dict[str, Any]:
+    """GET api/2.0/mlflow/artifacts/list?run_id=&path=: MLflow's ListArtifacts, one page."""
+    relative = artifact_services.clean_path(body.string("path"))
+    run = selectors.run_by_id(team=caller.team, run_id=body.run_id())
+    files = artifact_selectors.run_artifact_listing(run=run, relative=relative)
+    return {"root_uri": artifact_services.run_artifact_uri(run), "files": files}
+
+
+@artifact_endpoint("GET")
+def run_artifact_get(request: HttpRequest, caller: Caller) -> HttpResponse:
+    """GET get-artifact?run_id=&path=: one file of a run, as mlflow server's UI route sends it."""
+    relative = artifact_services.clean_path(request.GET.get("path"))
+    run_id = request.GET.get("run_id") or request.GET.get("run_uuid") or ""
+    run = selectors.run_by_id(team=caller.team, run_id=run_id)
+    return download_response(artifact_selectors.artifact_open(key=artifact_selectors.run_artifact_key(run, relative)))
+
+
+@artifact_endpoint("GET")
+def model_version_artifact_get(request: HttpRequest, caller: Caller) -> HttpResponse:
+    """GET model-versions/get-artifact?name=&version=&path=: one file of a registered version."""
+    relative = artifact_services.clean_path(request.GET.get("path"))
+    version = model_selectors.model_version_get(
+        team=caller.team, name=request.GET.get("name") or "", version=request.GET.get("version")
+    )
+    uri = version.storage_location or version.source
+    if not uri.startswith(PROXY_SCHEME):
+        raise IngestError(f"The artifacts of this version are not stored by this server: {uri}")
+    root = artifact_services.clean_path(uri[len(PROXY_SCHEME) :].lstrip("/"))
+    key = artifact_services.artifact_key(team=caller.team, path=f"{root}/{relative}" if relative else root)
+    return download_response(artifact_selectors.artifact_open(key=key))

@@ -114,8 +114,9 @@ def logged_model_json(model: LoggedModel) -> dict[str, Any]:
     }
     if model.model_type:
         info["model_type"] = model.model_type
-    if model.source_run is not None:
-        info["source_run_id"] = model.source_run.external_id
+    source_run_id = model.source_run.external_id if model.source_run is not None else model.source_run_external_id
+    if source_run_id:
+        info["source_run_id"] = source_run_id
     if model.status_message:
         info["status_message"] = model.status_message
     if model.tags:
@@ -150,7 +151,7 @@ _MODEL_ORDER_FIELDS = {
     "experiment_id": "experiment_id",
     "status": "status",
     "model_type": "model_type",
-    "source_run_id": "source_run__external_id",
+    "source_run_id": "source_run_external_id",
     "creation_timestamp": "created_at",
     "creation_time": "created_at",
     "creation_timestamp_ms": "created_at",
@@ -191,7 +192,7 @@ def _filter_models(queryset: QuerySet, conditions: list[Condition], datasets: Q 
         elif cond.entity == "attribute" and cond.key in ("name", "model_id", "status", "model_type"):
             queryset = queryset.filter(string_condition(cond.key, cond))
         elif cond.entity == "attribute" and cond.key == "source_run_id":
-            queryset = queryset.filter(string_condition("source_run__external_id", cond))
+            queryset = queryset.filter(string_condition("source_run_external_id", cond))
         elif cond.entity == "attribute" and cond.key in _MODEL_TIME_ATTRIBUTES:
             when = ms_to_dt(int(_metric_value(cond)))
             queryset = queryset.filter(numeric_condition(_MODEL_TIME_ATTRIBUTES[cond.key], cond, when))

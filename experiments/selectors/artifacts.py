@@ -89,6 +89,13 @@ def run_artifact_key(run: Run, relative: str) -> str:
     return f"{_root_prefix(run)}{relative}"
 
 
+def run_artifact_listing(*, run: Run, relative: str) -> list[dict[str, Any]]:
+    """MLflow's ListArtifacts for a run: children of `relative` (already clean_path'ed), paths from the
+    run's artifact root ("dir/my.file")."""
+    listing = artifact_list(team=run.team, key=run_artifact_key(run, relative))
+    return [{**item, "path": f"{relative}/{item['path']}" if relative else item["path"]} for item in listing]
+
+
 def team_owns_key(*, team_id: int, key: str) -> bool:
     return key.startswith(team_prefix(team_id) + "/")
 
