@@ -162,14 +162,14 @@ _MODEL_TIME_ATTRIBUTES = {k: v for k, v in _MODEL_ORDER_FIELDS.items() if v in (
 
 
 def _dataset_q(datasets: list[dict[str, Any]]) -> Q | None:
-    """A model metric on any of the given datasets (name, and digest when given), as MLflow's SQL store."""
+    """A model metric on any of the given datasets, as `mlflow server` answers it: its handler passes
+    a missing digest on as None, which its SQL store compares as IS NULL, so an entry without a
+    digest matches only metrics logged without one (stored here as "")."""
     condition = None
     for dataset in datasets:
         if not isinstance(dataset, dict) or not dataset.get("dataset_name"):
             raise invalid("`dataset_name` in the `datasets` clause must be specified.")
-        one = Q(dataset_name=str(dataset["dataset_name"]))
-        if dataset.get("dataset_digest"):
-            one &= Q(dataset_digest=str(dataset["dataset_digest"]))
+        one = Q(dataset_name=str(dataset["dataset_name"]), dataset_digest=str(dataset.get("dataset_digest") or ""))
         condition = one if condition is None else condition | one
     return condition
 
