@@ -82,10 +82,11 @@ def mlboard_serve(teams: int) -> tuple[str, list[str], ThreadedWSGIServer]:
         membership_set(team=team, user=user, role="member")
         tokens.append(token_create(user=user, name="compat", team=team)[1])
     port = free_port()
-    for name in ("django.server", "django.request"):  # no line per request or per 4xx answer
-        logging.getLogger(name).setLevel(logging.ERROR)
     httpd = ThreadedWSGIServer(("127.0.0.1", port), WSGIRequestHandler, allow_reuse_address=True)
     httpd.set_app(get_wsgi_application())
+    # After get_wsgi_application(), which configures logging again: no line per request or 4xx answer.
+    for name in ("django.server", "django.request"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{port}/mlflow", tokens, httpd
 
