@@ -779,6 +779,8 @@ class LoggedModel(models.Model):
     source_run = models.ForeignKey(
         Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="logged_models"
     )
+    # MLflow's source_run_id as sent: MLflow does not check it, so it is kept even when no run has it.
+    source_run_external_id = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=32, choices=LoggedModelStatus.choices, default=LoggedModelStatus.PENDING)
     status_message = models.TextField(blank=True)
     model_type = models.CharField(max_length=500, blank=True)

@@ -9,7 +9,13 @@ import pytest
 from django.db import connection
 
 from experiments.models import LatestMetric, Metric, Run, TrackingExperiment
-from experiments.services.logged_models import DatasetSpec, run_log_inputs
+from experiments.services.logged_models import (
+    DatasetSpec,
+    ModelMetricPoint,
+    logged_model_create,
+    logged_model_log_metrics,
+    run_log_inputs,
+)
 from experiments.services.runs import MetricPoint, run_create, run_log_batch, tracking_experiment_get_or_create
 from experiments.services.tokens import token_authenticate, token_create
 
@@ -101,6 +107,28 @@ def test_search_runs_query_count(post, team, member, django_assert_num_queries, 
     assert len(runs) == count
     assert [r["info"]["run_name"] for r in runs] == [f"r{i}" for i in reversed(range(count))]
     assert {p["key"] for p in runs[0]["data"]["params"]} == {"lr", "depth"}
+
+
+@pytest.mark.parametrize("count", [3, 6])
+def test_search_logged_models_by_metric_query_count(post, team, member, django_assert_num_queries, count):
+    experiment = tracking_experiment_get_or_create(team=team, name="models")
+    run = run_create(team=team, user=member, experiment=experiment)
+    for i in range(count):
+        model = logged_model_create(team=team, experiment=experiment, user=member, name=f"m{i}", source_run=run)
+        points = [ModelMetricPoint("acc", i / 10 + step, step, 1000 + step, model.model_id, "val", "d1")
+                  for step in range(3)]
+        logged_model_log_metrics(team=team, run=run, points=points)
+    # token, membership, experiment, models page, metrics prefetch
+    with django_assert_num_queries(5):
+        response = post("logged-models/search", {
+            "experiment_ids": [str(experiment.pk)],
+            "filter": "metrics.acc >= 0.1",
+            "datasets": [{"dataset_name": "val", "dataset_digest": "d1"}],
+            "order_by": [{"field_name": "metrics.acc", "ascending": False}],
+        })
+    models = response.json()["models"]
+    assert [m["info"]["name"] for m in models] == [f"m{i}" for i in reversed(range(count))]
+    assert len(models[0]["data"]["metrics"]) == 3
 
 
 @pytest.mark.parametrize("count", [4, 8])

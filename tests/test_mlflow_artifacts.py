@@ -572,3 +572,58 @@ def test_membership_role_change_applies_at_once(
         assert _code(denied) == "PERMISSION_DENIED"
         membership_set(team=team, user=member, role=Role.MEMBER)
         mlflow.log_artifact(str(file), "again")
+
+
+# --- Run and model-version artifacts by id (MLflow's artifacts/list and its UI download routes) ---
+
+
+def test_artifacts_list_and_get_artifact_by_run_id(tracking, live_server, member_token, team, local_root, tmp_path):
+    tracking(member_token)
+    client = MlflowClient()
+    experiment_id = client.create_experiment("by-id")
+    run_id = client.create_run(experiment_id).info.run_id
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "my.file").write_text("Hello, World!")
+    client.log_artifact(run_id, str(src / "my.file"))
+    client.log_artifacts(run_id, str(src), "dir")
+    base, headers = f"{live_server.url}/mlflow", _headers(member_token)
+
+    root = requests.get(f"{base}/api/2.0/mlflow/artifacts/list", params={"run_id": run_id}, headers=headers, timeout=30)
+    assert root.status_code == 200
+    assert root.json()["root_uri"] == client.get_run(run_id).info.artifact_uri
+    assert {(f["path"], f["is_dir"]) for f in root.json()["files"]} == {("my.file", False), ("dir", True)}
+    inner = requests.get(
+        f"{base}/api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": "dir"}, headers=headers, timeout=30
+    ).json()["files"]
+    assert inner == [{"path": "dir/my.file", "is_dir": False, "file_size": 13}]
+    got = requests.get(f"{base}/get-artifact", params={"run_id": run_id, "path": "dir/my.file"}, headers=headers,
+                       timeout=30)
+    assert (got.status_code, got.content) == (200, b"Hello, World!")
+
+    # Unsafe paths: exactly MLflow's error, whole message, on all three routes.
+    for url, params in (
+        (f"{base}/api/2.0/mlflow/artifacts/list", {"run_id": run_id, "path": "../path"}),
+        (f"{base}/get-artifact", {"run_id": run_id, "path": "../path"}),
+        (f"{base}//model-versions/get-artifact", {"name": "model", "version": 1, "path": "../path"}),
+    ):
+        response = requests.get(url, params=params, headers=headers, timeout=30)
+        assert (response.status_code, response.json()) == (
+            400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "Invalid path"}
+        ), url
+
+
+def test_model_version_get_artifact_reads_the_versions_files(tracking, live_server, member_token, team, local_root,
+                                                             tmp_path):
+    tracking(member_token)
+    client = MlflowClient()
+    experiment_id = client.create_experiment("mv-files")
+    run_id = client.create_run(experiment_id).info.run_id
+    (tmp_path / "MLmodel").write_text("flavors: {}")
+    client.log_artifact(run_id, str(tmp_path / "MLmodel"), "model")
+    client.create_registered_model("m")
+    client.create_model_version("m", f"{client.get_run(run_id).info.artifact_uri}/model", run_id=run_id)
+    got = requests.get(f"{live_server.url}/mlflow/model-versions/get-artifact",
+                       params={"name": "m", "version": 1, "path": "MLmodel"}, headers=_headers(member_token),
+                       timeout=30)
+    assert (got.status_code, got.content) == (200, b"flavors: {}")

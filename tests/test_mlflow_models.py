@@ -150,7 +150,7 @@ def test_registry_versions_aliases_stages_and_download_uri(client, team):
     assert client.get_model_version_download_uri("churn", "1") == model.artifact_location
     assert client.get_model_version_download_uri("churn", "2") == f"runs:/{run.info.run_id}/model"
     tags = LoggedModel.objects.get(model_id=model.model_id).tags
-    assert json.loads(tags["mlflow.modelVersions"]) == [{"name": "churn", "version": "1"}]
+    assert json.loads(tags["mlflow.modelVersions"]) == [{"name": "churn", "version": 1}]
 
     client.set_registered_model_alias("churn", "champion", "1")
     assert client.get_model_version_by_alias("churn", "champion").version == "1"
@@ -265,3 +265,134 @@ def test_client_run_link_opens_the_run_page(client, live_server, member):
     listed = browser.get("/runs/mlflow-link/", {"experiment": stored.experiment_id})
     assert listed.status_code == 302 and listed["Location"].endswith(f"/runs/?experiment={stored.experiment_id}")
     assert browser.get("/runs/mlflow-link/", {"run": "0" * 32}).status_code == 404
+
+
+def _models_with_metrics(client: MlflowClient) -> tuple[str, dict[str, str]]:
+    """Four models: a (accuracy 0.95 then, later, 0.80 on val), b (0.85 on test), c (0.99 on val), d (none).
+    Every expectation below is what `mlflow server` 3.17.2 answered for the same calls."""
+    experiment_id = client.create_experiment("model-search")
+    run_id = client.create_run(experiment_id).info.run_id
+    ids = {}
+    for name, points in (
+        ("a", [(0.95, 1, "val", "d1"), (0.80, 2, "val", "d1")]),
+        ("b", [(0.85, 1, "test", "d2")]),
+        ("c", [(0.99, 1, "val", "d1")]),
+        ("d", []),
+    ):
+        model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+        for value, timestamp, dataset, digest in points:
+            client.log_metric(run_id, "accuracy", value, timestamp=timestamp, step=0, model_id=model.model_id,
+                              dataset_name=dataset, dataset_digest=digest)
+        ids[name] = model.model_id
+    return experiment_id, ids
+
+
+def test_search_logged_models_by_metric_and_dataset_as_mlflow(client):
+    experiment_id, ids = _models_with_metrics(client)
+
+    def names(**kwargs) -> list[str]:
+        found = client.search_logged_models([experiment_id], **kwargs)
+        return [next(n for n, i in ids.items() if i == m.model_id) for m in found]
+
+    # Some point of the metric passes (a's earlier 0.95 counts); newest model first.
+    assert names(filter_string="metrics.accuracy > 0.9") == ["c", "a"]
+    assert names(filter_string="metrics.accuracy <= 0.85 AND name != 'a'") == ["b"]
+    # With datasets, the matching point must be on one of them.
+    test, val = {"dataset_name": "test", "dataset_digest": "d2"}, {"dataset_name": "val", "dataset_digest": "d1"}
+    assert names(filter_string="metrics.accuracy > 0.8", datasets=[test]) == ["b"]
+    assert names(filter_string="metrics.accuracy > 0.9", datasets=[test]) == []
+    # Datasets alone: models with any metric on one of them.
+    assert names(datasets=[val]) == ["c", "a"]
+    assert names(datasets=[val, test]) == ["c", "b", "a"]
+    assert names(datasets=[{"dataset_name": "val", "dataset_digest": "other"}]) == []
+    # Without a digest mlflow server matches only points logged without one (the client logs none such).
+    assert names(datasets=[{"dataset_name": "val"}]) == []
+
+
+def test_search_logged_models_ordered_by_latest_metric_value_missing_last(client):
+    experiment_id, ids = _models_with_metrics(client)
+
+    def names(*order_by: dict) -> list[str]:
+        found = client.search_logged_models([experiment_id], order_by=list(order_by))
+        return [next(n for n, i in ids.items() if i == m.model_id) for m in found]
+
+    # a's latest accuracy is 0.80 (timestamp 2), not its best; d has none and comes last both ways.
+    assert names({"field_name": "metrics.accuracy", "ascending": True}) == ["a", "b", "c", "d"]
+    assert names({"field_name": "metrics.accuracy", "ascending": False}) == ["c", "b", "a", "d"]
+    # On one dataset only b has a value; the rest keep the default order (newest first).
+    assert names({"field_name": "metrics.accuracy", "dataset_name": "test"}) == ["b", "d", "c", "a"]
+    assert names({"field_name": "name", "ascending": False}) == ["d", "c", "b", "a"]
+
+
+def test_search_logged_models_rejects_what_mlflow_rejects(client):
+    experiment_id, _ = _models_with_metrics(client)
+    for kwargs in (
+        {"order_by": [{"field_name": "params.lr"}]},
+        {"order_by": [{"field_name": "no_such_column"}]},
+        {"filter_string": "metrics.accuracy > 'high'"},
+    ):
+        with pytest.raises(MlflowException) as excinfo:
+            client.search_logged_models([experiment_id], **kwargs)
+        assert excinfo.value.error_code == "INVALID_PARAMETER_VALUE", kwargs
+    # The client cannot send a dataset without a name; other clients can.
+    response = requests.post(
+        f"{client.tracking_uri}/api/2.0/mlflow/logged-models/search",
+        json={"experiment_ids": [experiment_id], "datasets": [{"dataset_digest": "d1"}]},
+        headers={"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "dataset_name" in response.json()["message"]
+
+
+def _post(client: MlflowClient, route: str, body: dict) -> requests.Response:
+    return requests.post(
+        f"{client.tracking_uri}/api/2.0/mlflow/{route}", json=body,
+        headers={"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}, timeout=30,
+    )
+
+
+def test_gaps_found_by_mlflows_rest_tracking_tests(client, member):
+    """What tests/compat/mlflow_rest_suite.py found mlboard doing differently from mlflow server."""
+    experiment_id = client.create_experiment("gaps")
+    client.set_experiment_tag(experiment_id, "dataset", "imagenet")
+    client.delete_experiment_tag(experiment_id, "dataset")
+    assert "dataset" not in client.get_experiment(experiment_id).tags
+    with pytest.raises(MlflowException) as excinfo:
+        client.delete_experiment_tag(experiment_id, "dataset")
+    assert excinfo.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+    # user_id is what the client sends ("unknown" without an mlflow.user tag), the token's user stays the owner.
+    run = client.create_run(experiment_id)
+    assert client.get_run(run.info.run_id).info.user_id == "unknown"
+    assert Run.objects.get(external_id=run.info.run_id).user == member
+
+    # MLflow does not check a logged model's source run: an id of no run is kept as given.
+    model = client.create_logged_model(experiment_id, source_run_id="123")
+    assert client.get_logged_model(model.model_id).source_run_id == "123"
+    found = client.search_logged_models([experiment_id], filter_string="source_run_id = '123'")
+    assert [m.model_id for m in found] == [model.model_id]
+
+    with pytest.raises(MlflowException, match=r"Invalid value 123456789 for parameter 'max_results' supplied"):
+        client.search_runs([experiment_id], max_results=123456789)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "message"),
+    [
+        ("experiments/create", {"name": "x", "tags": "5"}, "Invalid value \"5\" for parameter 'tags' supplied"),
+        ("runs/log-batch", {"metrics": "foo"}, "Invalid value \"foo\" for parameter 'metrics' supplied"),
+        ("runs/log-batch", {"params": "foo"}, "Invalid value \"foo\" for parameter 'params' supplied"),
+        ("runs/log-metric", {"key": 31, "value": 1, "timestamp": 1}, "Invalid value 31 for parameter 'key' supplied"),
+        ("runs/log-metric", {"key": "k", "value": 1, "timestamp": 1, "step": "foo"},
+         "Invalid value \"foo\" for parameter 'step' supplied"),
+        ("runs/log-metric", {"key": "k", "value": 1, "timestamp": "foo"},
+         "Invalid value \"foo\" for parameter 'timestamp' supplied"),
+        ("runs/log-metric", {"value": 1, "timestamp": 1}, "Missing value for required parameter 'key'"),
+    ],
+)
+def test_request_fields_of_the_wrong_type_are_refused_in_mlflows_words(client, route, body, message):
+    run_id = client.create_run(client.create_experiment("validation")).info.run_id
+    response = _post(client, route, {"run_id": run_id, **body})
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert message in response.json()["message"]

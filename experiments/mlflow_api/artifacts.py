@@ -8,8 +8,6 @@ http(s) tracking URI and ``mlflow-artifacts:/`` artifact URIs:
     POST   api/2.0/mlflow-artifacts/mpu/create|complete|abort/<path>
     PUT    api/2.0/mlflow-artifacts/mpu/part?token=...      (the part URLs that create hands out)
     GET    api/3.0/mlflow/server-info                       (tells the client multipart works)
-    GET    api/2.0/mlflow/artifacts/list?run_id=&path=      a run's artifacts by run-relative path
-    GET    get-artifact?run_id=&path=                       one file of a run (MLflow's UI route)
 
 Handlers stay thin: paths are checked and team-scoped by services.artifacts, bytes move through
 the artifact storage. Bodies are read in 1 MB chunks straight from the socket; nothing here ever
@@ -31,6 +29,7 @@ from ..selectors import artifacts as artifact_selectors
 from ..services import artifacts as artifact_services
 from ..services.runs import IngestError
 from ..storage import CHUNK_SIZE, Truncated
+from . import model_selectors, selectors
 from .http import (
     Body,
     Caller,
@@ -43,11 +42,11 @@ from .http import (
     mlflow_endpoint,
     parse_body,
 )
-from .selectors import run_by_id
 
 # A refused upload is read to its end (up to this much) so the client gets the JSON error rather
 # than a connection reset in the middle of sending.
 DRAIN_LIMIT = 64 * 1024 * 1024
+PROXY_SCHEME = f"{artifact_services.SCHEME}:"
 
 
 class ArtifactFileResponse(FileResponse):
@@ -191,29 +190,6 @@ def _list(request: HttpRequest, caller: Caller) -> HttpResponse:
     return json_response({"files": artifact_selectors.artifact_list(team=caller.team, key=key)})
 
 
-# --- Run-scoped reads (the tracking API's view of a run's artifacts) ---------------------------
-
-
-@mlflow_endpoint("GET")
-def run_artifacts_list(caller: Caller, body: Body) -> dict[str, Any]:
-    run = run_by_id(team=caller.team, run_id=body.run_id())
-    relative = artifact_services.clean_path(body.string("path"))
-    return {
-        "root_uri": artifact_services.run_artifact_uri(run),
-        "files": artifact_selectors.run_artifact_list(run=run, relative=relative),
-    }
-
-
-@artifact_endpoint("GET")
-def run_artifact_get(request: HttpRequest, caller: Caller) -> HttpResponse:
-    body = parse_body(request)
-    run = run_by_id(team=caller.team, run_id=body.run_id())
-    relative = artifact_services.clean_path(body.string("path"))
-    if not relative:
-        raise artifact_services.invalid_path("an artifact path is required")
-    return download_response(artifact_selectors.artifact_open(key=artifact_selectors.run_artifact_key(run, relative)))
-
-
 # --- Multipart uploads -------------------------------------------------------------------------
 
 
@@ -300,3 +276,39 @@ def server_info(request: HttpRequest) -> HttpResponse:
             "multipart_downloads_enabled": False,
         }
     )
+
+
+# --- Run and model-version artifacts by id (REST artifacts/list, the UI's get-artifact routes) ---------
+
+
+@mlflow_endpoint("GET")
+def artifacts_list(caller: Caller, body: Body) -> dict[str, Any]:
+    """GET api/2.0/mlflow/artifacts/list?run_id=&path=: MLflow's ListArtifacts, one page."""
+    relative = artifact_services.clean_path(body.string("path"))
+    run = selectors.run_by_id(team=caller.team, run_id=body.run_id())
+    files = artifact_selectors.run_artifact_listing(run=run, relative=relative)
+    return {"root_uri": artifact_services.run_artifact_uri(run), "files": files}
+
+
+@artifact_endpoint("GET")
+def run_artifact_get(request: HttpRequest, caller: Caller) -> HttpResponse:
+    """GET get-artifact?run_id=&path=: one file of a run, as mlflow server's UI route sends it."""
+    body = parse_body(request)
+    relative = artifact_services.clean_path(body.string("path", required=True))
+    run = selectors.run_by_id(team=caller.team, run_id=body.run_id())  # a missing id is a 400, not a 404
+    return download_response(artifact_selectors.artifact_open(key=artifact_selectors.run_artifact_key(run, relative)))
+
+
+@artifact_endpoint("GET")
+def model_version_artifact_get(request: HttpRequest, caller: Caller) -> HttpResponse:
+    """GET model-versions/get-artifact?name=&version=&path=: one file of a registered version."""
+    relative = artifact_services.clean_path(request.GET.get("path"))
+    version = model_selectors.model_version_get(
+        team=caller.team, name=request.GET.get("name") or "", version=request.GET.get("version")
+    )
+    uri = version.storage_location or version.source
+    if not uri.startswith(PROXY_SCHEME):
+        raise IngestError(f"The artifacts of this version are not stored by this server: {uri}")
+    root = artifact_services.clean_path(uri[len(PROXY_SCHEME) :].lstrip("/"))
+    key = artifact_services.artifact_key(team=caller.team, path=f"{root}/{relative}" if relative else root)
+    return download_response(artifact_selectors.artifact_open(key=key))

@@ -190,6 +190,15 @@ def _membership_for(token: ApiToken) -> Membership:
 # --- Request parsing ---------------------------------------------------------------------------
 
 
+def invalid_value(name: str, value: Any) -> MlflowApiError:
+    """MLflow's wording for a field of the wrong type, which clients and MLflow's tests match on."""
+    formatted = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return invalid(
+        f"Invalid value {formatted} for parameter '{name}' supplied: Hint: Value was of type "
+        f"'{type(value).__name__}'. See the API docs for more information about request parameters."
+    )
+
+
 class Body:
     """Request fields from the JSON body (POST) or the query string (GET), as MLflow sends them."""
 
@@ -209,6 +218,14 @@ class Body:
             return []
         return value if isinstance(value, list) else [value]
 
+    def array(self, name: str) -> list[Any]:
+        """A repeated field: a JSON body must send a list (MLflow refuses "tags": "5"); a query string
+        may repeat the name or give it once."""
+        value = self.data.get(name)
+        if value is not None and not isinstance(value, list) and not self.from_query:
+            raise invalid_value(name, value)
+        return self.list(name)
+
     def string(self, name: str, *, required: bool = False, default: str = "") -> str:
         value = self.get(name)
         if value is None or value == "":
@@ -225,11 +242,7 @@ class Body:
         if value is None:
             return ""
         if not isinstance(value, str):
-            formatted = json.dumps(value, sort_keys=True, separators=(",", ":"))
-            raise invalid(
-                f"Invalid value {formatted} for parameter '{name}' supplied: Hint: Value was of type "
-                f"'{type(value).__name__}'. See the API docs for more information about request parameters."
-            )
+            raise invalid_value(name, value)
         return value
 
     def integer(self, name: str, *, required: bool = False, default: int | None = None) -> int | None:
@@ -239,11 +252,11 @@ class Body:
                 raise invalid(f"Missing value for required parameter '{name}'.")
             return default
         if isinstance(value, bool) or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
-            raise invalid(f"Parameter '{name}' must be an integer, got '{value}'.")
+            raise invalid_value(name, value)
         try:
             number = int(value)
         except (TypeError, ValueError, OverflowError):
-            raise invalid(f"Parameter '{name}' must be an integer, got '{str(value)[:40]}'.") from None
+            raise invalid_value(name, str(value)[:40]) from None
         if not INT64_MIN <= number <= INT64_MAX:
             raise invalid(f"Parameter '{name}' is out of range: it must fit in a 64-bit integer.")
         return number

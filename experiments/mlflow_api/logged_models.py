@@ -38,13 +38,14 @@ def logged_model_create(caller: Caller, body: Body) -> dict[str, Any]:
     caller.ensure_can_write()
     experiment = _experiment(caller, body.string("experiment_id", required=True))
     source_run_id = body.string("source_run_id")
-    source_run = selectors.run_by_id(team=caller.team, run_id=source_run_id) if source_run_id else None
+    source_run = selectors.run_or_none(team=caller.team, run_id=source_run_id) if source_run_id else None
     model = services.logged_model_create(
         team=caller.team,
         experiment=experiment,
         user=caller.user,
         name=body.string("name"),
         source_run=source_run,
+        source_run_id=source_run_id,
         model_type=body.string("model_type"),
         params=dict(_key_values(body.list("params"), "params")),
         tags=dict(_key_values(body.list("tags"), "tags")),
@@ -119,6 +120,7 @@ def logged_model_search(caller: Caller, body: Body) -> dict[str, Any]:
         raise invalid("Missing value for required parameter 'experiment_ids'.")
     order_by = [o for o in body.list("order_by") if isinstance(o, dict)]
     models, token = model_selectors.logged_models_search(
+        datasets=body.list("datasets"),
         team=caller.team,
         experiment_ids=ids,
         filter_string=body.string("filter"),

@@ -6,14 +6,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.db.models import Prefetch, Q, QuerySet, TextField
+from django.db.models import (
+    Case,
+    Exists,
+    F,
+    FloatField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
 from ..models import LoggedModel, LoggedModelMetric, ModelVersion, RegisteredModel, Run, Team
-from ..services.runs import ACTIVE, dt_to_ms
+from ..services.runs import ACTIVE, dt_to_ms, ms_to_dt
 from .http import invalid, json_number, not_found
-from .search import encode_token, offset_from, parse_filter, string_condition
+from .search import Condition, encode_token, numeric_condition, offset_from, parse_filter, string_condition
 
 SEARCH_REGISTERED_MAX = 1000
 REGISTRY_MAX_RESULTS = 200_000
@@ -101,8 +114,9 @@ def logged_model_json(model: LoggedModel) -> dict[str, Any]:
     }
     if model.model_type:
         info["model_type"] = model.model_type
-    if model.source_run is not None:
-        info["source_run_id"] = model.source_run.external_id
+    source_run_id = model.source_run.external_id if model.source_run is not None else model.source_run_external_id
+    if source_run_id:
+        info["source_run_id"] = source_run_id
     if model.status_message:
         info["status_message"] = model.status_message
     if model.tags:
@@ -134,10 +148,92 @@ def logged_model_by_id(*, team: Team, model_id: str, allow_deleted: bool = False
 _MODEL_ORDER_FIELDS = {
     "name": "name",
     "model_id": "model_id",
+    "experiment_id": "experiment_id",
+    "status": "status",
+    "model_type": "model_type",
+    "source_run_id": "source_run_external_id",
     "creation_timestamp": "created_at",
     "creation_time": "created_at",
+    "creation_timestamp_ms": "created_at",
     "last_updated_timestamp": "updated_at",
+    "last_updated_timestamp_ms": "updated_at",
 }
+_MODEL_TIME_ATTRIBUTES = {k: v for k, v in _MODEL_ORDER_FIELDS.items() if v in ("created_at", "updated_at")}
+
+
+def _dataset_q(datasets: list[dict[str, Any]]) -> Q | None:
+    """A model metric on any of the given datasets, as `mlflow server` answers it: its handler passes
+    a missing digest on as None, which its SQL store compares as IS NULL, so an entry without a
+    digest matches only metrics logged without one (stored here as "")."""
+    condition = None
+    for dataset in datasets:
+        if not isinstance(dataset, dict) or not dataset.get("dataset_name"):
+            raise invalid("`dataset_name` in the `datasets` clause must be specified.")
+        one = Q(dataset_name=str(dataset["dataset_name"]), dataset_digest=str(dataset.get("dataset_digest") or ""))
+        condition = one if condition is None else condition | one
+    return condition
+
+
+def _metric_value(cond: Condition) -> float:
+    if isinstance(cond.value, str) or cond.value is None or isinstance(cond.value, list | tuple):
+        raise invalid(f"Metric '{cond.key}' must be compared with a number, e.g. metrics.{cond.key} > 0.5.")
+    return float(cond.value)
+
+
+def _filter_models(queryset: QuerySet, conditions: list[Condition], datasets: Q | None) -> QuerySet:
+    metric_filtered = False
+    for index, cond in enumerate(conditions):
+        if cond.entity == "metric":
+            # Some point of the metric (any step, run or listed dataset) satisfies the comparison.
+            points = LoggedModelMetric.objects.filter(model=OuterRef("pk"), key=cond.key, is_nan=False)
+            points = points.filter(numeric_condition("value", cond, _metric_value(cond)))
+            queryset = queryset.filter(Exists(points.filter(datasets) if datasets is not None else points))
+            metric_filtered = True
+        elif cond.entity == "attribute" and cond.key in ("name", "model_id", "status", "model_type"):
+            queryset = queryset.filter(string_condition(cond.key, cond))
+        elif cond.entity == "attribute" and cond.key == "source_run_id":
+            queryset = queryset.filter(string_condition("source_run_external_id", cond))
+        elif cond.entity == "attribute" and cond.key in _MODEL_TIME_ATTRIBUTES:
+            when = ms_to_dt(int(_metric_value(cond)))
+            queryset = queryset.filter(numeric_condition(_MODEL_TIME_ATTRIBUTES[cond.key], cond, when))
+        elif cond.entity in ("param", "tag"):
+            queryset = _json_filter(queryset, "params" if cond.entity == "param" else "tags", index, cond)
+        else:
+            raise invalid(f"Invalid logged model filter on '{cond.key}'.")
+    if datasets is not None and not metric_filtered:
+        # Datasets alone: models with any metric on one of them.
+        queryset = queryset.filter(Exists(LoggedModelMetric.objects.filter(datasets, model=OuterRef("pk"))))
+    return queryset
+
+
+def _order_models(queryset: QuerySet, order_by: list[dict[str, Any]]) -> QuerySet:
+    ordering: list[Any] = []
+    for index, clause in enumerate(order_by):
+        name = str(clause.get("field_name", ""))
+        ascending = clause.get("ascending", True) is not False
+        entity, dot, key = name.partition(".")
+        if dot and entity != "attributes":
+            if entity != "metrics":
+                raise invalid(f"Invalid order by field name: {name}. Only metrics are supported.")
+            # The model's latest value of the metric (newest timestamp, then step), optionally on one
+            # dataset; models without it come last either way. NaN counts as missing.
+            points = LoggedModelMetric.objects.filter(model=OuterRef("pk"), key=key)
+            if clause.get("dataset_name"):
+                points = points.filter(dataset_name=str(clause["dataset_name"]))
+            if clause.get("dataset_digest"):
+                points = points.filter(dataset_digest=str(clause["dataset_digest"]))
+            latest = points.order_by("-timestamp", "-step", "run_external_id").annotate(
+                _v=Case(When(is_nan=True, then=Value(None)), default=F("value"), output_field=FloatField())
+            )
+            alias = f"_order{index}"
+            queryset = queryset.alias(**{alias: Subquery(latest.values("_v")[:1])})
+            ordering.append(F(alias).asc(nulls_last=True) if ascending else F(alias).desc(nulls_last=True))
+            continue
+        field = _MODEL_ORDER_FIELDS.get(key if dot else name)
+        if field is None:
+            raise invalid(f"Invalid order by field name: {name}")
+        ordering.append(F(field).asc(nulls_last=True) if ascending else F(field).desc(nulls_last=True))
+    return queryset.order_by(*ordering, "-created_at", "model_id")
 
 
 def logged_models_search(
@@ -148,26 +244,14 @@ def logged_models_search(
     order_by: list[dict[str, Any]],
     max_results: int | None,
     page_token: str | None,
+    datasets: list[dict[str, Any]] | None = None,
 ) -> tuple[list[LoggedModel], str | None]:
-    """Search as MLflow's SQL store: newest first by default, filters on name, model_id, status,
-    source_run_id, params.<k> and tags.<k> (metrics filters are not supported yet)."""
+    """Search as MLflow's SQL store: filters on attributes, params.<k>, tags.<k> and metrics.<k> (some
+    point of the metric matches, on one of `datasets` when given; `datasets` alone keeps models with
+    metrics on them), ordered by attributes or by a metric's latest value; newest first by default."""
+    dataset_q = _dataset_q(datasets or [])
     queryset = logged_models_queryset(team).filter(experiment_id__in=experiment_ids, lifecycle_stage=ACTIVE)
-    for index, cond in enumerate(parse_filter(filter_string)):
-        if cond.entity == "attribute" and cond.key in ("name", "model_id", "status", "model_type"):
-            queryset = queryset.filter(string_condition(cond.key, cond))
-        elif cond.entity == "attribute" and cond.key == "source_run_id":
-            queryset = queryset.filter(string_condition("source_run__external_id", cond))
-        elif cond.entity in ("param", "tag"):
-            queryset = _json_filter(queryset, "params" if cond.entity == "param" else "tags", index, cond)
-        else:
-            raise invalid(f"Invalid logged model filter on '{cond.key}'.")
-    ordering = []
-    for clause in order_by:
-        field = _MODEL_ORDER_FIELDS.get(str(clause.get("field_name", "")).removeprefix("attributes."))
-        if field is None:
-            raise invalid(f"Invalid order_by field {clause.get('field_name')!r} for logged models.")
-        ordering.append(field if clause.get("ascending", True) else f"-{field}")
-    queryset = queryset.order_by(*ordering, "-created_at", "model_id")
+    queryset = _order_models(_filter_models(queryset, parse_filter(filter_string), dataset_q), order_by)
     limit = min(max_results or 100, 1000)
     offset = offset_from(page_token)
     page = list(queryset[offset : offset + limit + 1])

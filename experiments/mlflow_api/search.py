@@ -276,7 +276,7 @@ def string_condition(field: str, cond: Condition) -> Q:
 _NUMERIC_LOOKUP = {"=": "exact", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
 
 
-def _numeric_q(field: str, cond: Condition, value: Any) -> Q:
+def numeric_condition(field: str, cond: Condition, value: Any) -> Q:
     if cond.op == "!=":
         return ~Q(**{field: value}) & Q(**{f"{field}__isnull": False})
     if cond.op not in _NUMERIC_LOOKUP:
@@ -290,7 +290,7 @@ def filter_runs(queryset: QuerySet, conditions: list[Condition]) -> QuerySet:
             if isinstance(cond.value, str) or cond.value is None:
                 raise invalid(f"Metric '{cond.key}' must be compared with a number, e.g. metrics.{cond.key} > 0.5.")
             points = LatestMetric.objects.filter(run=OuterRef("pk"), key=cond.key, is_nan=False)
-            queryset = queryset.filter(Exists(points.filter(_numeric_q("value", cond, float(cond.value)))))
+            queryset = queryset.filter(Exists(points.filter(numeric_condition("value", cond, float(cond.value)))))
         elif cond.entity == "param":
             params = Param.objects.filter(run=OuterRef("pk"), key=cond.key)
             if cond.op == "IS NULL":
@@ -315,7 +315,7 @@ def filter_runs(queryset: QuerySet, conditions: list[Condition]) -> QuerySet:
             if isinstance(cond.value, str) or cond.value is None:
                 raise invalid(f"'{cond.key}' is compared with a number of milliseconds since the epoch.")
             when: datetime | None = ms_to_dt(int(cond.value))
-            queryset = queryset.filter(_numeric_q(RUN_TIME_ATTRIBUTES[cond.key], cond, when))
+            queryset = queryset.filter(numeric_condition(RUN_TIME_ATTRIBUTES[cond.key], cond, when))
         else:
             known = ", ".join(sorted({*RUN_STRING_ATTRIBUTES, *RUN_TIME_ATTRIBUTES}))
             raise invalid(f"Invalid attribute key '{cond.key}'. Searchable attributes: {known}.")

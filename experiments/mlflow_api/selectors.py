@@ -194,11 +194,16 @@ def _max_results(value: int | None) -> int:
     if value is None or value == 0:
         return SEARCH_MAX_RESULTS_DEFAULT
     if value < 0 or value > SEARCH_MAX_RESULTS_LIMIT:
-        raise invalid(f"Invalid value {value} for parameter 'max_results': it must be 1 to {SEARCH_MAX_RESULTS_LIMIT}.")
+        bound = "a positive integer" if value < 0 else f"at most {SEARCH_MAX_RESULTS_LIMIT}"
+        raise invalid(f"Invalid value {value} for parameter 'max_results' supplied. It must be {bound}.")
     return value
 
 
 # --- Runs --------------------------------------------------------------------------------------
+
+
+def run_or_none(*, team: Team, run_id: str) -> Run | None:
+    return Run.objects.filter(team=team, external_id=run_id).order_by("pk").first()
 
 
 def run_by_id(*, team: Team, run_id: str, with_related: bool = False) -> Run:

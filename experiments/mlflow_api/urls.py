@@ -15,6 +15,8 @@ ROUTES = (
     ("experiments/search", views.experiments_search, "experiments-search"),
     ("experiments/list", views.experiments_search, "experiments-list"),
     ("experiments/set-experiment-tag", views.experiments_set_tag, "experiments-set-tag"),
+    ("experiments/delete-experiment-tag", views.experiments_delete_tag, "experiments-delete-tag"),
+    ("artifacts/list", artifacts.artifacts_list, "artifacts-list"),
     ("experiments/delete", views.experiments_delete, "experiments-delete"),
     ("experiments/restore", views.experiments_restore, "experiments-restore"),
     ("experiments/update", views.experiments_update, "experiments-update"),
@@ -33,7 +35,6 @@ ROUTES = (
     ("runs/outputs", views.runs_log_outputs, "runs-log-outputs"),
     ("runs/log-model", views.runs_log_model, "runs-log-model"),
     ("metrics/get-history", views.metrics_get_history, "metrics-get-history"),
-    ("artifacts/list", artifacts.run_artifacts_list, "run-artifacts-list"),
     # MLflow 3 logged models
     ("logged-models", logged_models.logged_model_create, "logged-models-create"),
     ("logged-models/search", logged_models.logged_model_search, "logged-models-search"),
@@ -92,7 +93,9 @@ urlpatterns += [
     re_path(_ARTIFACTS + r"mpu/complete(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_complete),
     re_path(_ARTIFACTS + r"mpu/abort(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_abort),
     re_path(_ARTIFACTS + r"presigned/(?s:(?P<artifact_path>.*))$", artifacts.presigned),
-    path("get-artifact", artifacts.run_artifact_get, name="mlflow-get-artifact"),
+    # mlflow server's UI download routes (outside api/), same checks as the proxy.
+    re_path(r"^get-artifact$", artifacts.run_artifact_get, name="mlflow-get-artifact"),
+    re_path(r"^/*model-versions/get-artifact$", artifacts.model_version_artifact_get, name="mlflow-mv-get-artifact"),
     re_path(r"^(?:api|ajax-api)/3\.0/mlflow/server-info$", artifacts.server_info, name="mlflow-server-info"),
     # Tracing is not stored: MLflow's NOT_IMPLEMENTED, which the client reports as a warning.
     re_path(r"^(?:api|ajax-api)/\d+\.\d+/mlflow/traces", views.traces_unsupported, name="mlflow-traces"),

@@ -111,7 +111,7 @@ def _status(body: Body) -> str | None:
 @mlflow_endpoint("POST")
 def experiments_create(caller: Caller, body: Body) -> dict[str, Any]:
     caller.ensure_can_write()
-    tags = dict(_key_values(body.list("tags"), "tags"))
+    tags = dict(_key_values(body.array("tags"), "tags"))
     experiment = run_services.tracking_experiment_create(
         team=caller.team,
         name=body.string("name", required=True),
@@ -180,6 +180,14 @@ def _existing_experiment(caller: Caller, body: Body) -> TrackingExperiment:
 
 
 @mlflow_endpoint("POST")
+def experiments_delete_tag(caller: Caller, body: Body) -> dict[str, Any]:
+    caller.ensure_can_write()
+    experiment = _existing_experiment(caller, body)
+    run_services.tracking_experiment_delete_tag(experiment=experiment, key=body.string("key", required=True))
+    return {}
+
+
+@mlflow_endpoint("POST")
 def experiments_delete(caller: Caller, body: Body) -> dict[str, Any]:
     caller.ensure_can_write()
     run_services.tracking_experiment_delete(experiment=_existing_experiment(caller, body))
@@ -216,7 +224,8 @@ def runs_create(caller: Caller, body: Body) -> dict[str, Any]:
         experiment=experiment,
         name=body.string("run_name"),
         start_time=ms_to_dt(start) if start else None,
-        tags=dict(_key_values(body.list("tags"), "tags")),
+        tags=dict(_key_values(body.array("tags"), "tags")),
+        user_name=body.string("user_id"),
     )
     run = selectors.run_by_id(team=caller.team, run_id=run.external_id, with_related=True)
     return {"run": selectors.run_json(run)}
@@ -282,6 +291,12 @@ def runs_log_parameter(caller: Caller, body: Body) -> dict[str, Any]:
 
 @mlflow_endpoint("POST")
 def runs_log_metric(caller: Caller, body: Body) -> dict[str, Any]:
+    # Field checks as MLflow's request schema, before the run is looked up (its tests match the wording).
+    body.string("key", required=True)
+    if body.get("value") is None:
+        raise invalid("Missing value for required parameter 'value'.")
+    body.integer("timestamp", required=True)
+    body.integer("step")
     run = _active_run(caller, body)
     point = _metric_point(body.data, "")
     model_points = _model_points([body.data])
@@ -316,7 +331,7 @@ def _batch_limit(what: str, limit: int, count: int) -> None:
 
 @mlflow_endpoint("POST", max_bytes=1_000_000)
 def runs_log_batch(caller: Caller, body: Body) -> dict[str, Any]:
-    metrics, params, tags = body.list("metrics"), body.list("params"), body.list("tags")
+    metrics, params, tags = body.array("metrics"), body.array("params"), body.array("tags")
     _batch_limit("metrics", settings.MLFLOW_MAX_METRICS_PER_BATCH, len(metrics))
     _batch_limit("params", settings.MLFLOW_MAX_PARAMS_PER_BATCH, len(params))
     _batch_limit("tags", settings.MLFLOW_MAX_TAGS_PER_BATCH, len(tags))

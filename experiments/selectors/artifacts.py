@@ -89,6 +89,13 @@ def run_artifact_key(run: Run, relative: str) -> str:
     return f"{_root_prefix(run)}{relative}"
 
 
+def run_artifact_listing(*, run: Run, relative: str) -> list[dict[str, Any]]:
+    """MLflow's ListArtifacts for a run: children of `relative` (already clean_path'ed), paths from the
+    run's artifact root ("dir/my.file")."""
+    listing = artifact_list(team=run.team, key=run_artifact_key(run, relative))
+    return [{**item, "path": f"{relative}/{item['path']}" if relative else item["path"]} for item in listing]
+
+
 def team_owns_key(*, team_id: int, key: str) -> bool:
     return key.startswith(team_prefix(team_id) + "/")
 
@@ -150,15 +157,6 @@ def _sort(node: TreeNode) -> None:
     node.children.sort(key=lambda child: (not child.is_dir, child.name))
     for child in node.children:
         _sort(child)
-
-
-def run_artifact_list(*, run: Run, relative: str) -> list[dict[str, Any]]:
-    """Children of `relative` (a clean run-relative path) in MLflow's ListArtifacts shape: paths
-    relative to the run's artifact root, as `mlflow server` answers runs it does not proxy too."""
-    key = run_artifact_key(run, relative).rstrip("/")
-    listing = artifact_list(team=run.team, key=key) if key.startswith(TEAMS_DIR + "/") else []
-    base = relative.strip("/")
-    return [{**item, "path": f"{base}/{item['path']}" if base else item["path"]} for item in listing]
 
 
 def run_artifact_file(*, run: Run, relative: str) -> ArtifactFile | None:

@@ -190,10 +190,12 @@ def logged_model_create(
     user: User | None,
     name: str = "",
     source_run: Run | None = None,
+    source_run_id: str = "",
     model_type: str = "",
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> LoggedModel:
+    """`source_run_id` is kept as given when no run of the team has it (`source_run` is None)."""
     if experiment.team_id != team.pk:
         raise IngestError("That experiment belongs to another team.", mlflow_code="RESOURCE_DOES_NOT_EXIST")
     if experiment.lifecycle_stage != ACTIVE:
@@ -207,6 +209,7 @@ def logged_model_create(
         model_id=model_id,
         name=_check_model_name(name or run_name_generate()),
         source_run=source_run,
+        source_run_external_id=(source_run.external_id if source_run is not None else source_run_id)[:64],
         status=LoggedModelStatus.PENDING,
         model_type=model_type or "",
         artifact_location=logged_model_artifact_location(experiment=experiment, model_id=model_id),
@@ -281,8 +284,10 @@ def logged_model_record_registration(*, model: LoggedModel, name: str, version: 
         versions = json.loads(model.tags.get(MODEL_VERSIONS_TAG, "[]"))
     except ValueError:
         versions = []
-    entry = {"name": name, "version": str(version)}
-    if entry not in versions:
+    # MLflow writes the version as a JSON number; entries written as strings before are matched too.
+    entry = {"name": name, "version": int(version)}
+    if not any(isinstance(v, dict) and v.get("name") == name and str(v.get("version")) == str(version)
+               for v in versions):
         versions.append(entry)
     model.tags = {**model.tags, MODEL_VERSIONS_TAG: json.dumps(versions)}
     model.save(update_fields=["tags", "updated_at"])

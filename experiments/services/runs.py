@@ -292,6 +292,25 @@ def tracking_experiment_set_tag(*, experiment: TrackingExperiment, key: str, val
 
 
 @transaction.atomic
+def tracking_experiment_delete_tag(*, experiment: TrackingExperiment, key: str) -> TrackingExperiment:
+    """As MLflow's SQL store: only on an active experiment, and the tag must exist."""
+    experiment = TrackingExperiment.objects.select_for_update().get(pk=experiment.pk)
+    if experiment.lifecycle_stage != ACTIVE:
+        raise IngestError(
+            f"The experiment {experiment.pk} must be in the 'active' state. "
+            f"Current state is {experiment.lifecycle_stage}.",
+            mlflow_code="INVALID_PARAMETER_VALUE",
+        )
+    if key not in (experiment.tags or {}):
+        raise IngestError(
+            f"No tag with name: {key} in experiment with id {experiment.pk}", mlflow_code="RESOURCE_DOES_NOT_EXIST"
+        )
+    experiment.tags = {k: v for k, v in experiment.tags.items() if k != key}
+    experiment.save(update_fields=["tags", "updated_at"])
+    return experiment
+
+
+@transaction.atomic
 def tracking_experiment_delete(*, experiment: TrackingExperiment) -> TrackingExperiment:
     """Soft delete as MLflow: the experiment and all its runs become 'deleted', restorable."""
     if experiment.lifecycle_stage != ACTIVE:
@@ -354,6 +373,7 @@ def run_create(
     seed: int | None = None,
     environment: Mapping[str, Any] | None = None,
     created_at: datetime | None = None,
+    user_name: str = "",
 ) -> Run:
     if status not in RunStatus.values:
         raise IngestError(f"Unknown run status {status!r}; use one of {', '.join(RunStatus.values)}.")
@@ -380,8 +400,9 @@ def run_create(
         start_time=start_time or timezone.now(),
         end_time=end_time,
         user=user,
-        # MLflow's user_id is the client's mlflow.user tag when it sends one.
-        user_name=(clean_tags.get("mlflow.user") or (user.username if user else ""))[:150],
+        # MLflow's user_id is what the client sends (its mlflow.user tag, else "unknown"); mlboard's own
+        # attribution is `user`, the token's owner.
+        user_name=(user_name or clean_tags.get("mlflow.user") or (user.username if user else ""))[:150],
         tags=clean_tags,
         code_version=code_version,
         data_version=data_version,
