@@ -209,7 +209,7 @@ def test_lanes_render_with_headers(client_for, member, board):
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("", 12), ("lanes=hypothesis", 11), ("lanes=owner", 11), ("lanes=owner&tag=shared&q=card", 12)],
+    [("", 13), ("lanes=hypothesis", 14), ("lanes=owner", 13), ("lanes=owner&tag=shared&q=card", 14)],
 )
 def test_board_query_count_does_not_grow_with_cards(
     client_for, member, manager, viewer, board, query, expected, django_assert_num_queries

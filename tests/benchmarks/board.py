@@ -195,7 +195,7 @@ if __name__ == "__main__":
     browser = "--no-browser" not in sys.argv
     if args and args[0] == "--sizes":
         sizes = [int(x) for x in args[1].split(",")]
-        results = run_sizes(__file__, sizes, "mlboard_scale_bench_board", [] if browser else ["--no-browser"])
+        results = run_sizes(__file__, sizes, "board_scale_bench", [] if browser else ["--no-browser"])
         print_growth(sizes, results, label="cards")
     else:
         main(int(args[0]) if args else 2000, browser)
