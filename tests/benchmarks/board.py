@@ -261,7 +261,8 @@ def main(n_cards: int, browser: bool) -> None:
     more_cells = f"/boards/{board.pk}/cells/?column={done.pk}&lane=all&offset=60"
     more_lanes = f"/boards/{board.pk}/lanes/?offset=40&lanes=hypothesis"
     for name, target in (("show more cards", more_cells), ("show more lanes", more_lanes)):
-        client.get(target)
+        if client.get(target).status_code == 404:  # a build without that endpoint (before/after runs)
+            continue
         seconds, cpu, response = timed(lambda target=target: client.get(target), repeat=5)
         assert response.status_code == 200
         times[f"server {name}"] = seconds * 1000
