@@ -1,6 +1,8 @@
 """Read side of the Kanban board: one page of columns, swimlanes and cards in a fixed number of
-queries however many cards the board holds (columns, cards with owner/parents/run counts, tags,
-members, team tags, plus column totals when a filter hides cards)."""
+queries of bounded size however many cards the board holds. The database groups cards per lane and
+column (exact counts), picks the first cells' cards with a window function, and the shown cards
+come back as plain values (BoardCard), with their run counts and tags in one query each; members,
+team tags, plus column totals when a filter hides cards."""
 
 from __future__ import annotations
 
@@ -167,12 +169,11 @@ class BoardView:
     tags: list[Tag]
     shown: int
     total: int
-    lanes_offset: int = 0  # index of the first lane in `lanes` among all lanes
     lanes_hidden: int = 0  # swimlanes after these ("show more lanes" loads them)
 
     @property
     def lanes_next(self) -> int:
-        return self.lanes_offset + len(self.lanes)
+        return len(self.lanes)
 
 
 # Cards rendered per cell on the first load: per column without swimlanes, per lane and column with
