@@ -808,3 +808,26 @@ def test_card_text_is_escaped(client_for, member, board):
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;&quot;bold&quot;&lt;/b&gt; &amp; co" in html and "<b>" not in html
     assert "<li>x&lt;y</li>" in html
+
+
+@pytest.mark.parametrize("mode", ["owner", "hypothesis"])
+def test_lane_cell_show_more_query_count_does_not_grow_with_cards(
+    client_for, member, manager, board, small_pages, mode, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(member)
+    backlog = board.columns.order_by("position").first()
+    populate(board, [member, manager], 60)
+    lead = Card.objects.filter(board=board, kind="hypothesis").order_by("number").first()
+    lane = f"u{member.pk}" if mode == "owner" else f"h{lead.pk}"
+    url = cells_url(board, backlog, 0, f"lanes={mode}", lane=lane)
+    client.get(url)
+    with CaptureQueriesContext(connection) as small:
+        first = client.get(url)
+    assert card_ids_in_order(first.content.decode())
+    populate(board, [member, manager], 60)
+    with django_assert_num_queries(len(small.captured_queries)):
+        second = client.get(url)
+    assert card_ids_in_order(second.content.decode())
