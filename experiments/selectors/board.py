@@ -360,7 +360,8 @@ def _lane_infos(qs: QuerySet[Card], mode: str, column_ids: set[int]) -> list[_La
                 info.sort = (value is None, row["lane_number"] or 0)
             elif mode == "owner":
                 label = _owner_label({"owner_id": value, **{f"owner__{f}": row[f] for f in extra}})
-                info.title, info.sort = label or "Unassigned", (value is None, label.lower())
+                # The id breaks ties between equal names: "show more lanes" pages by position.
+                info.title, info.sort = label or "Unassigned", (value is None, label.lower(), value or 0)
         info.counts[row["column_id"]] = info.counts.get(row["column_id"], 0) + row["n"]
     return sorted(lanes.values(), key=lambda i: i.sort)
 
