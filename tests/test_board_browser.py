@@ -230,3 +230,25 @@ def test_show_more_then_drag_a_card_from_the_loaded_page(page, login, live_serve
     assert Card.objects.get(pk=cards[6].pk).column.stage == Stage.READY
     # The column heads keep exact totals: 7 left in the backlog, 1 in Ready.
     assert page.inner_text(f'.col-head[data-column-id="{column(board, Stage.BACKLOG).pk}"] .col-total') == "7"
+
+
+def test_show_more_lanes_then_move_a_card_in_a_loaded_lane(page, login, live_server, board, member, monkeypatch):
+    monkeypatch.setattr("experiments.selectors.board.LANE_PAGE", 2)
+    leads = [card_create(board=board, kind="hypothesis", title=f"Lead {i}", actor=member) for i in range(3)]
+    experiment = card_create(board=board, kind="experiment", title="Late lane", actor=member, parent=leads[2])
+    login(member)
+    open_board(page, live_server, board, "lanes=hypothesis")
+    assert page.locator(".lane-head").count() == 2 and page.locator(f"#card-{experiment.pk}").count() == 0
+    page.click(".lanes-more button")
+    page.wait_for_selector(f"#card-{experiment.pk}")
+    assert page.locator(".lane-head").count() == 3 and page.locator(".lanes-more").count() == 0
+
+    # The loaded lane behaves like the first ones: drag within it, then a keyboard move.
+    lane_ready = f'.cell[data-lane="h{leads[2].pk}"][data-column-id="{column(board, Stage.READY).pk}"]'
+    page.drag_and_drop(f"#card-{experiment.pk}", lane_ready)
+    wait_announced(page, f"{experiment.key} moved to Ready")
+    page.focus(f"#card-{experiment.pk}")
+    page.keyboard.press("]")
+    wait_announced(page, f"{experiment.key} moved to Running")
+    assert Card.objects.get(pk=experiment.pk).column.stage == Stage.RUNNING
+    assert page.inner_text(f'.col-head[data-column-id="{column(board, Stage.RUNNING).pk}"] .col-total') == "1"

@@ -209,7 +209,7 @@ def test_lanes_render_with_headers(client_for, member, board):
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("", 12), ("lanes=hypothesis", 11), ("lanes=owner", 11), ("lanes=owner&tag=shared&q=card", 12)],
+    [("", 13), ("lanes=hypothesis", 14), ("lanes=owner", 13), ("lanes=owner&tag=shared&q=card", 14)],
 )
 def test_board_query_count_does_not_grow_with_cards(
     client_for, member, manager, viewer, board, query, expected, django_assert_num_queries
@@ -633,6 +633,7 @@ def cells_url(board: Board, column: Column, offset: int, query: str = "", lane: 
 @pytest.fixture
 def small_pages(monkeypatch):
     monkeypatch.setattr("experiments.selectors.board.CELL_PAGE", 5)
+    monkeypatch.setattr("experiments.selectors.board.LANE_CELL_PAGE", 5)
     monkeypatch.setattr("experiments.selectors.board.CELL_MORE_PAGE", 4)
 
 
@@ -695,3 +696,138 @@ def test_show_more_query_count_does_not_grow_with_cards(
     with django_assert_num_queries(len(small.captured_queries)):
         second = client.get(cells_url(board, backlog, 5))
     assert len(card_ids_in_order(second.content.decode())) == 4
+
+
+# --- Paged swimlanes ("show more lanes") ----------------------------------------------------------
+
+
+def lanes_url(board: Board, offset: int, query: str) -> str:
+    return reverse("board_lanes", args=[board.pk]) + f"?offset={offset}&{query}"
+
+
+def lane_keys(html: str) -> list[str]:
+    return re.findall(r'class="lane-head" data-lane="([^"]+)"', html)
+
+
+@pytest.fixture
+def small_lanes(monkeypatch):
+    monkeypatch.setattr("experiments.selectors.board.LANE_PAGE", 2)
+    monkeypatch.setattr("experiments.selectors.board.LANE_CELL_PAGE", 2)
+
+
+def hypotheses_with_children(board, member, n: int, children: int = 1) -> list[Card]:
+    running = board.columns.get(stage=Stage.RUNNING)
+    leads = []
+    for i in range(n):
+        lead = card_create(board=board, kind="hypothesis", title=f"H{i}", actor=member)
+        for j in range(children):
+            card_create(board=board, kind="experiment", title=f"E{i}.{j}", actor=member, parent=lead, column=running)
+        leads.append(lead)
+    return leads
+
+
+def test_hypothesis_lanes_are_paged_with_exact_counts(client_for, member, board, small_lanes):
+    leads = hypotheses_with_children(board, member, 5, children=3)
+    client = client_for(member)
+    html = client.get(board_url(board, "lanes=hypothesis")).content.decode()
+    assert lane_keys(html) == [f"h{leads[0].pk}", f"h{leads[1].pk}"]
+    assert "Show 3 more lanes" in html and "4 cards" in html  # the lead and its 3 experiments
+    assert "Show 1 more" in html  # 2 of the 3 experiments in the lane's Running cell
+    assert re.search(r'<span class="col-total">15</span>', html)  # column totals count every lane
+    more = client.get(lanes_url(board, 2, "lanes=hypothesis"), HTTP_HX_REQUEST="true").content.decode()
+    assert lane_keys(more) == [f"h{leads[2].pk}", f"h{leads[3].pk}"]
+    assert "Show 1 more lane<" in more and "offset=4" in more
+    last = client.get(lanes_url(board, 4, "lanes=hypothesis")).content.decode()
+    assert lane_keys(last) == [f"h{leads[4].pk}"] and "more lane" not in last
+    assert client.get(lanes_url(board, 9, "lanes=hypothesis")).content.decode().strip() == ""
+
+
+def test_lane_pages_keep_filters_and_stop_at_the_card_budget(client_for, member, manager, board, monkeypatch):
+    monkeypatch.setattr("experiments.selectors.board.LANE_BUDGET", 3)
+    for i in range(4):
+        card_create(board=board, kind="hypothesis", title=f"Mine {i}", actor=member, owner=member)
+        card_create(board=board, kind="hypothesis", title=f"Hers {i}", actor=member, owner=manager)
+    card_create(board=board, kind="hypothesis", title="Nobody's", actor=member)
+    client = client_for(member)
+    html = client.get(board_url(board, "lanes=owner")).content.decode()
+    # Each owner lane shows 4 cards, over the budget of 3: one lane per page (never none); by name.
+    assert lane_keys(html) == [f"u{manager.pk}"] and "Show 2 more lanes" in html
+    more = client.get(lanes_url(board, 1, "lanes=owner")).content.decode()
+    assert lane_keys(more) == [f"u{member.pk}"]
+    unassigned = client.get(lanes_url(board, 2, "lanes=owner")).content.decode()
+    assert lane_keys(unassigned) == ["u-none"] and "Unassigned" in unassigned
+    filtered = client.get(lanes_url(board, 0, "lanes=owner&q=Hers")).content.decode()
+    assert lane_keys(filtered) == [f"u{manager.pk}"] and "Nobody" not in filtered
+    assert "more lane" not in filtered
+
+
+def test_lanes_endpoint_without_swimlanes_is_empty(client_for, member, board):
+    card_create(board=board, kind="hypothesis", title="H", actor=member)
+    html = client_for(member).get(lanes_url(board, 0, "")).content.decode()
+    assert card_ids_in_order(html) == []
+
+
+def test_lanes_endpoint_is_for_members_only(client_for, outsider, board):
+    assert client_for(outsider).get(lanes_url(board, 0, "lanes=owner")).status_code == 404
+
+
+@pytest.mark.parametrize("query", ["lanes=hypothesis", "lanes=owner", "lanes=hypothesis&tag=shared&q=card"])
+def test_lanes_endpoint_query_count_does_not_grow_with_cards(
+    client_for, member, manager, board, small_lanes, query, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(member)
+    populate(board, [member, manager], 30)
+    client.get(lanes_url(board, 1, query))
+    with CaptureQueriesContext(connection) as small:
+        first = client.get(lanes_url(board, 1, query))
+    assert card_ids_in_order(first.content.decode())
+    populate(board, [member, manager], 30)
+    with django_assert_num_queries(len(small.captured_queries)):
+        second = client.get(lanes_url(board, 1, query))
+    assert card_ids_in_order(second.content.decode())
+
+
+def test_hypothesis_lane_cell_shows_more_of_that_lane_only(client_for, member, board, small_lanes):
+    leads = hypotheses_with_children(board, member, 2, children=4)
+    running = board.columns.get(stage=Stage.RUNNING)
+    lane = f"h{leads[1].pk}"
+    html = client_for(member).get(cells_url(board, running, 2, "lanes=hypothesis", lane=lane)).content.decode()
+    expected = Card.objects.filter(parent=leads[1]).order_by("position", "id")[2:]
+    assert card_ids_in_order(html) == [str(c.pk) for c in expected]
+    bad = client_for(member).get(cells_url(board, running, 0, "lanes=hypothesis", lane="u1")).content.decode()
+    assert card_ids_in_order(bad) == []
+
+
+def test_card_text_is_escaped(client_for, member, board):
+    parent = card_create(board=board, kind="hypothesis", title='<b>"bold"</b> & co', actor=member, tags=["x<y"])
+    card_create(board=board, kind="experiment", title="<script>alert(1)</script>", actor=member, parent=parent)
+    html = client_for(member).get(board_url(board)).content.decode()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;&quot;bold&quot;&lt;/b&gt; &amp; co" in html and "<b>" not in html
+    assert "<li>x&lt;y</li>" in html
+
+
+@pytest.mark.parametrize("mode", ["owner", "hypothesis"])
+def test_lane_cell_show_more_query_count_does_not_grow_with_cards(
+    client_for, member, manager, board, small_pages, mode, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(member)
+    backlog = board.columns.order_by("position").first()
+    populate(board, [member, manager], 60)
+    lead = Card.objects.filter(board=board, kind="hypothesis").order_by("number").first()
+    lane = f"u{member.pk}" if mode == "owner" else f"h{lead.pk}"
+    url = cells_url(board, backlog, 0, f"lanes={mode}", lane=lane)
+    client.get(url)
+    with CaptureQueriesContext(connection) as small:
+        first = client.get(url)
+    assert card_ids_in_order(first.content.decode())
+    populate(board, [member, manager], 60)
+    with django_assert_num_queries(len(small.captured_queries)):
+        second = client.get(url)
+    assert card_ids_in_order(second.content.decode())

@@ -1,11 +1,14 @@
 """Read side of the Kanban board: one page of columns, swimlanes and cards in a fixed number of
-queries however many cards the board holds (columns, cards with owner/parents/run counts, tags,
-members, team tags, plus column totals when a filter hides cards)."""
+queries of bounded size however many cards the board holds. The database groups cards per lane and
+column (exact counts), picks the first cells' cards with a window function, and the shown cards
+come back as plain values (BoardCard), with their run counts and tags in one query each; members,
+team tags, plus column totals when a filter hides cards."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlencode
 
 from django.db.models import (
@@ -24,7 +27,6 @@ from django.db.models import (
     Window,
 )
 from django.db.models.functions import Coalesce, RowNumber
-from django.urls import reverse
 
 from ..models import (
     Board,
@@ -39,7 +41,6 @@ from ..models import (
     Stage,
     Tag,
     User,
-    VerdictChoice,
 )
 
 SWIMLANES: tuple[tuple[str, str], ...] = (
@@ -109,10 +110,35 @@ class ColumnView:
         return label
 
 
+@dataclass(slots=True)
+class BoardCard:
+    """What the board shows of one card, read with values() (no model instances, no wide text
+    columns); web.board_cards renders it."""
+
+    id: int
+    column_id: int
+    kind: str
+    key: str
+    title: str
+    version: int
+    flagged: bool
+    flag_reason: str
+    verdict: str
+    owner_label: str
+    parent_key: str
+    parent_title: str
+    run_count: int = 0
+    tag_names: list[str] = field(default_factory=list)
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
 @dataclass
 class Cell:
     column: Column
-    cards: list[Card] = field(default_factory=list)
+    cards: list[BoardCard] = field(default_factory=list)
     hidden: int = 0  # cards of this cell not rendered yet ("show more" loads them)
 
     @property
@@ -125,8 +151,8 @@ class Lane:
     key: str
     title: str
     cells: list[Cell]
-    lead: Card | None = None  # the hypothesis heading a hypothesis lane
-    owner: User | None = None
+    lead: Card | None = None  # the hypothesis heading a hypothesis lane (id, key, title, number only)
+    owner: bool = False  # an owner lane (the header shows an avatar)
 
     @property
     def count(self) -> int:
@@ -143,11 +169,21 @@ class BoardView:
     tags: list[Tag]
     shown: int
     total: int
+    lanes_hidden: int = 0  # swimlanes after these ("show more lanes" loads them)
+
+    @property
+    def lanes_next(self) -> int:
+        return len(self.lanes)
 
 
-# Cards rendered per cell (column, or column within a swimlane) on the first load; the rest come
-# through "show more" (board_cell_cards), so the page costs the same at 500 or 5,000 cards.
+# Cards rendered per cell on the first load: per column without swimlanes, per lane and column with
+# them; the rest come through "show more" (board_cell_cards). With swimlanes the page also stops
+# adding lanes after LANE_PAGE lanes or LANE_BUDGET cards ("show more lanes", board_lanes). So a
+# page costs about the same at 500 or 5,000 cards, and each step is done by the database.
 CELL_PAGE = 60
+LANE_CELL_PAGE = 12
+LANE_PAGE = 40
+LANE_BUDGET = 300
 CELL_MORE_PAGE = 200
 
 
@@ -164,37 +200,22 @@ def card_queryset(board: Board) -> QuerySet[Card]:
     )
 
 
-# What the board needs of each card, its owner and the two parents (lanes, the parent line): model
-# instances with only these fields are several times cheaper to build than full Card rows.
-_BOARD_FIELDS = (
-    "id", "board_id", "column_id", "kind", "number", "key", "title", "position", "version", "flagged",
-    "flag_reason", "verdict", "owner_id", "parent_id",
-    "owner__id", "owner__username", "owner__display_name", "owner__first_name", "owner__last_name",
-    "parent__id", "parent__kind", "parent__number", "parent__key", "parent__title", "parent__parent_id",
-    "parent__parent__id", "parent__parent__kind", "parent__parent__number", "parent__parent__key",
-    "parent__parent__title",
-)
-
-
 # Board order: Done columns list the most recently completed card first; other columns keep their
 # position. One expression, so the database pages cells (window function) in the order shown.
 _DONE_AT = Case(When(column__stage=Stage.DONE, then=Coalesce("completed_at", "updated_at")))
 BOARD_ORDER = (_DONE_AT.desc(nulls_last=True), F("position").asc(), F("id").asc())
 
+# The columns a BoardCard is built from (run counts and tags come in one query each, for shown cards).
+_CARD_VALUES = (
+    "id", "column_id", "kind", "key", "title", "version", "flagged", "flag_reason", "verdict",
+    "owner_id", "owner__username", "owner__display_name", "owner__first_name", "owner__last_name",
+    "parent__key", "parent__title",
+)
+
 
 def _board_cards(board: Board) -> QuerySet[Card]:
-    """card_queryset without the tag prefetch (tags come for the rendered cards only) and with
-    only the fields the board shows; archived Done cards are off the board."""
-    run_counts = (
-        CardRun.objects.filter(card_id=OuterRef("pk")).order_by().values("card_id").annotate(n=Count("id")).values("n")
-    )
-    return (
-        Card.objects.filter(board=board, archive__isnull=True)
-        .select_related("owner", "parent__parent")
-        .only(*_BOARD_FIELDS)
-        .annotate(run_count=Coalesce(Subquery(run_counts, output_field=IntegerField()), Value(0)))
-        .order_by(*BOARD_ORDER)
-    )
+    """Cards on the board (archived Done cards are off it), in board order."""
+    return Card.objects.filter(board=board, archive__isnull=True).order_by(*BOARD_ORDER)
 
 
 def _filtered(qs: QuerySet[Card], filters: BoardFilters) -> QuerySet[Card]:
@@ -211,49 +232,84 @@ def _filtered(qs: QuerySet[Card], filters: BoardFilters) -> QuerySet[Card]:
     return qs.distinct() if filters.tag else qs
 
 
-def hypothesis_of(card: Card) -> Card | None:
-    """The hypothesis a card belongs to: itself, its parent, or its grandparent (result of an experiment)."""
-    node: Card | None = card
-    for _ in range(3):
-        if node is None:
-            return None
-        if node.kind == CardKind.HYPOTHESIS:
-            return node
-        node = node.parent
-    return None
+# The lane of a card, as SQL, so the database groups and pages swimlanes. By hypothesis: the card
+# itself, its parent or its grandparent (result of an experiment), the first that is a hypothesis.
+def _hyp_case(field_name: str) -> Case:
+    return Case(
+        When(kind=CardKind.HYPOTHESIS, then=F(field_name)),
+        When(parent__kind=CardKind.HYPOTHESIS, then=F(f"parent__{field_name}")),
+        When(parent__parent__kind=CardKind.HYPOTHESIS, then=F(f"parent__parent__{field_name}")),
+        default=None,
+        output_field=IntegerField(),
+    )
 
 
-def _lanes(view_columns: list[Column], cards: list[Card], mode: str) -> list[Lane]:
-    def empty_cells() -> list[Cell]:
-        return [Cell(column=c) for c in view_columns]
+def _with_lane(qs: QuerySet[Card], mode: str) -> tuple[QuerySet[Card], str | None]:
+    """qs with the card's lane id available, and the name to read it by (None without swimlanes)."""
+    if mode == "hypothesis":
+        return qs.annotate(lane=_hyp_case("id")), "lane"
+    if mode == "owner":
+        return qs, "owner_id"
+    return qs, None
 
-    index = {c.pk: i for i, c in enumerate(view_columns)}
-    lanes: dict[str, Lane] = {}
-    order: list[tuple[object, ...]] = []
-    for card in cards:
-        if mode == "hypothesis":
-            lead = hypothesis_of(card)
-            key = f"h{lead.pk}" if lead else "h-none"
-            if key not in lanes:
-                title = f"{lead.key} · {lead.title}" if lead else "No hypothesis"
-                lanes[key] = Lane(key=key, title=title, cells=empty_cells(), lead=lead)
-                order.append((lead is None, lead.number if lead else 0, key))
-        elif mode == "owner":
-            owner = card.owner
-            key = f"u{owner.pk}" if owner else "u-none"
-            if key not in lanes:
-                title = str(owner) if owner else "Unassigned"
-                lanes[key] = Lane(key=key, title=title, cells=empty_cells(), owner=owner)
-                order.append((owner is None, str(owner).lower() if owner else "", key))
-        else:
-            key = "all"
-            if key not in lanes:
-                lanes[key] = Lane(key=key, title="", cells=empty_cells())
-                order.append((False, 0, key))
-        lanes[key].cells[index[card.column_id]].cards.append(card)
-    if not lanes:
-        return [Lane(key="all", title="", cells=empty_cells())]
-    return [lanes[o[-1]] for o in sorted(order, key=lambda o: o[:-1])]  # type: ignore[index]
+
+def lane_key(mode: str, value: int | None) -> str:
+    if mode == "hypothesis":
+        return f"h{value}" if value is not None else "h-none"
+    if mode == "owner":
+        return f"u{value}" if value is not None else "u-none"
+    return "all"
+
+
+def _lane_value(mode: str, key: str) -> tuple[bool, int | None]:
+    """The lane id a lane key stands for: (valid, id or None for "no hypothesis"/"unassigned")."""
+    if mode == "none":
+        return key == "all", 0
+    prefix = "h" if mode == "hypothesis" else "u"
+    if key == f"{prefix}-none":
+        return True, None
+    if key.startswith(prefix) and key[1:].isdigit():
+        return True, int(key[1:])
+    return False, None
+
+
+def _in_lanes(name: str, values: Sequence[int | None]) -> Q:
+    ids = [v for v in values if v is not None]
+    q = Q(**{f"{name}__in": ids}) if ids else Q(pk__in=[])
+    return q | Q(**{f"{name}__isnull": True}) if None in values else q
+
+
+def _owner_label(row: Mapping[str, Any]) -> str:
+    """str(User) from values() columns: display name, else full name, else username."""
+    if row["owner_id"] is None:
+        return ""
+    full = f"{row['owner__first_name']} {row['owner__last_name']}".strip()
+    return row["owner__display_name"] or full or row["owner__username"]
+
+
+def _cards_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[BoardCard]:
+    """BoardCards from values() rows, with run counts and tag names of these cards (two queries)."""
+    rows = list(rows)
+    ids = [r["id"] for r in rows]
+    runs: dict[int, int] = {}
+    tags: dict[int, list[str]] = {pk: [] for pk in ids}
+    if ids:
+        runs = dict(
+            CardRun.objects.filter(card_id__in=ids).order_by().values_list("card_id").annotate(n=Count("id"))
+        )
+        for card_id, name in (
+            Card.tags.through.objects.filter(card_id__in=ids).order_by("tag__name").values_list("card_id", "tag__name")
+        ):
+            tags[card_id].append(name)
+    return [
+        BoardCard(
+            id=r["id"], column_id=r["column_id"], kind=r["kind"], key=r["key"], title=r["title"],
+            version=r["version"], flagged=r["flagged"], flag_reason=r["flag_reason"], verdict=r["verdict"],
+            owner_label=_owner_label(r), parent_key=r["parent__key"] or "", parent_title=r["parent__title"] or "",
+            run_count=runs.get(r["id"], 0), tag_names=tags[r["id"]],
+        )
+        for r in rows
+    ]
 
 
 def archived_cards(*, board: Board) -> list[Card]:
@@ -269,89 +325,124 @@ def archived_count(*, board: Board) -> int:
     return Card.objects.filter(board=board, archive__isnull=False).count()
 
 
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _tag_names(card_ids: Sequence[int]) -> dict[int, list[str]]:
-    """Tag names per card, for the rendered cards only (one query)."""
-    out: dict[int, list[str]] = {pk: [] for pk in card_ids}
-    if card_ids:
-        rows = Card.tags.through.objects.filter(card_id__in=list(card_ids)).order_by("tag__name")
-        for card_id, name in rows.values_list("card_id", "tag__name"):
-            out[card_id].append(name)
-    return out
-
-
-def card_display(cards: Iterable[Card], board: Board, *, with_tags: bool = False) -> list[Card]:
-    """Everything board/_card.html shows, as plain strings on each card: the template then does
-    attribute lookups only (no per-card URL reverse, choice lookups, filters or number formatting),
-    which is most of what a board page of thousands of cards used to cost. with_tags: read the
-    cards' tags in one query (for cards fetched without the tag prefetch)."""
-    cards = list(cards)
-    tag_names = _tag_names([c.pk for c in cards]) if with_tags else None
-    quick_prefix, quick_suffix = reverse("board_card_quick", args=[board.pk, 0]).rsplit("/0/", 1)
-    kinds, verdicts = dict(CardKind.choices), dict(VerdictChoice.choices)
-    out = []
-    for card in cards:
-        card.quick_url = f"{quick_prefix}/{card.pk}/{quick_suffix}"
-        card.pk_text, card.version_text = str(card.pk), str(card.version)  # text skips number localisation
-        card.kind_label = kinds.get(card.kind, card.kind)
-        card.verdict_label = verdicts.get(card.verdict, "") if card.verdict else ""
-        card.tag_names = tag_names[card.pk] if tag_names is not None else [t.name for t in card.tags.all()]
-        owner = card.owner
-        card.owner_label = str(owner) if owner is not None else ""
-        card.owner_initial = card.owner_label[:1].upper()
-        parent = card.parent if card.parent_id else None
-        card.parent_title = parent.title if parent is not None else ""
-        card.parent_line = f"{parent.key} · {_truncate(parent.title, 38)}" if parent is not None else ""
-        runs = getattr(card, "run_count", 0) or 0
-        card.runs_label = f"{runs} run{'' if runs == 1 else 's'}"
-        card.runs_title = f"{runs} linked run{'' if runs == 1 else 's'}"
-        aria = f"{card.key}, {card.kind_label}: {card.title}"
-        if card.flagged:
-            aria += ". Flagged"
-        if owner is not None:
-            aria += f". Owner {card.owner_label}"
-        card.aria = aria
-        out.append(card)
-    return out
-
-
-def board_card(*, board: Board, card_id: int) -> Card:
+def board_card(*, board: Board, card_id: int) -> BoardCard:
     """One card as the board renders it (for out-of-band swaps after an edit)."""
-    return card_display([card_queryset(board).get(pk=card_id)], board)[0]
+    return _cards_from_rows(_board_cards(board).filter(pk=card_id).values(*_CARD_VALUES))[0]
 
 
-def _page_cells(lanes: list[Lane], limit: int | None) -> None:
-    if limit is None:
-        return
-    for lane in lanes:
-        for cell in lane.cells:
-            if len(cell.cards) > limit:
-                cell.hidden = len(cell.cards) - limit
-                cell.cards = cell.cards[:limit]
+@dataclass
+class _LaneInfo:
+    value: int | None
+    counts: dict[int, int]  # matching cards per column
+    sort: tuple[Any, ...] = ()
+    title: str = ""
 
 
-def board_view(*, board: Board, filters: BoardFilters, paged: bool = True) -> BoardView:
-    """The board with at most CELL_PAGE cards rendered per cell (all when not `paged`); counts stay
-    exact. Without swimlanes the database does the paging (first CELL_PAGE cards per column by a
-    window function, plus per-column counts), so the page costs the same at 500 or 5,000 cards."""
-    columns = list(board.columns.order_by("position", "id"))
-    column_ids = {c.pk for c in columns}
-    qs = _filtered(_board_cards(board), filters)
-    sql_paged = paged and filters.lanes == "none"
-    if sql_paged:
-        matching = dict(qs.order_by().values_list("column_id").annotate(n=Count("id", distinct=True)))
-        ranked = qs.annotate(
-            cell_rank=Window(RowNumber(), partition_by=[F("column_id")], order_by=list(BOARD_ORDER))
+def _lane_infos(qs: QuerySet[Card], mode: str, column_ids: set[int]) -> list[_LaneInfo]:
+    """Every lane with its cards per column, in lane order, from one grouped query."""
+    extra: dict[str, Any] = {}
+    if mode == "hypothesis":
+        extra = {"lane_number": _hyp_case("number")}
+    elif mode == "owner":
+        extra = {f: F(f"owner__{f}") for f in ("username", "display_name", "first_name", "last_name")}
+    qs, name = _with_lane(qs.annotate(**extra), mode)
+    group = (name, "column_id", *extra) if name else ("column_id",)
+    rows = qs.order_by().values(*group).annotate(n=Count("id", distinct=True))
+    lanes: dict[int | None, _LaneInfo] = {}
+    for row in rows:
+        if row["column_id"] not in column_ids:
+            continue
+        value = row[name] if name else 0
+        info = lanes.get(value)
+        if info is None:
+            info = lanes[value] = _LaneInfo(value=value, counts={})
+            if mode == "hypothesis":
+                info.sort = (value is None, row["lane_number"] or 0)
+            elif mode == "owner":
+                label = _owner_label({"owner_id": value, **{f"owner__{f}": row[f] for f in extra}})
+                # The id breaks ties between equal names: "show more lanes" pages by position.
+                info.title, info.sort = label or "Unassigned", (value is None, label.lower(), value or 0)
+        info.counts[row["column_id"]] = info.counts.get(row["column_id"], 0) + row["n"]
+    return sorted(lanes.values(), key=lambda i: i.sort)
+
+
+def _lane_window(infos: list[_LaneInfo], offset: int) -> list[_LaneInfo]:
+    """The lanes of one page from `offset`: up to LANE_PAGE lanes or LANE_BUDGET rendered cards
+    (always at least one lane)."""
+    page: list[_LaneInfo] = []
+    budget = LANE_BUDGET
+    for info in infos[offset:]:
+        cost = sum(min(n, LANE_CELL_PAGE) for n in info.counts.values())
+        if page and (len(page) >= LANE_PAGE or cost > budget):
+            break
+        page.append(info)
+        budget -= cost
+    return page
+
+
+def _build_lanes(
+    qs: QuerySet[Card], columns: list[Column], mode: str, infos: list[_LaneInfo]
+) -> list[Lane]:
+    """Lanes for `infos` with the first cards of each cell: one window-function query pages every
+    cell at once (plus run counts, tags and, by hypothesis, the lanes' hypotheses)."""
+    per_cell = CELL_PAGE if mode == "none" else LANE_CELL_PAGE
+    qs, name = _with_lane(qs, mode)
+    partition: list[Any] = [F("column_id")]
+    if name:
+        qs = qs.filter(_in_lanes(name, [i.value for i in infos]))
+        partition.insert(0, F(name))
+    ranked = qs.annotate(cell_rank=Window(RowNumber(), partition_by=partition, order_by=list(BOARD_ORDER)))
+    fields = _CARD_VALUES if name in (None, "owner_id") else (name, *_CARD_VALUES)
+    rows = list(ranked.filter(cell_rank__lte=per_cell).values(*fields))
+    cards = _cards_from_rows(rows)
+    leads: dict[int, Card] = {}
+    if mode == "hypothesis":
+        lead_ids = [i.value for i in infos if i.value is not None]
+        leads = {c.pk: c for c in Card.objects.filter(pk__in=lead_ids).only("id", "key", "title", "number")}
+    lanes: dict[int | None, Lane] = {}
+    for info in infos:
+        lead = leads.get(info.value) if info.value is not None else None
+        if mode == "hypothesis":
+            title = f"{lead.key} · {lead.title}" if lead else "No hypothesis"
+        else:
+            title = info.title
+        cells = [Cell(column=c, hidden=info.counts.get(c.pk, 0)) for c in columns]
+        lanes[info.value] = Lane(
+            key=lane_key(mode, info.value), title=title, cells=cells, lead=lead, owner=mode == "owner"
         )
-        cards = [c for c in ranked.filter(cell_rank__lte=CELL_PAGE) if c.column_id in column_ids]
-    else:
-        cards = [c for c in qs if c.column_id in column_ids]
-        matching = {}
-        for card in cards:
-            matching[card.column_id] = matching.get(card.column_id, 0) + 1
+    index = {c.pk: i for i, c in enumerate(columns)}
+    for row, card in zip(rows, cards, strict=True):
+        lane = lanes.get(row[name] if name else 0)
+        if lane is not None and card.column_id in index:
+            cell = lane.cells[index[card.column_id]]
+            cell.cards.append(card)
+            cell.hidden -= 1
+    return list(lanes.values())
+
+
+def _board_lanes(
+    board: Board, filters: BoardFilters, columns: list[Column], offset: int
+) -> tuple[list[_LaneInfo], list[Lane]]:
+    """(all lanes' infos, lanes of the page from `offset`)."""
+    qs = _filtered(_board_cards(board), filters)
+    mode = filters.lanes
+    infos = _lane_infos(qs, mode, {c.pk for c in columns})
+    if mode == "none":
+        infos = infos or [_LaneInfo(value=0, counts={})]
+        return infos, _build_lanes(qs, columns, mode, infos)
+    return infos, _build_lanes(qs, columns, mode, _lane_window(infos, offset)) if infos else []
+
+
+def board_view(*, board: Board, filters: BoardFilters) -> BoardView:
+    """The board's first page: CELL_PAGE cards per column, or with swimlanes the first lanes with
+    LANE_CELL_PAGE cards per cell; counts (WIP totals, cells, lanes) stay exact. A fixed number of
+    queries of fixed-size results however many cards the board holds."""
+    columns = list(board.columns.order_by("position", "id"))
+    infos, lanes = _board_lanes(board, filters, columns, 0)
+    matching: dict[int, int] = {}
+    for info in infos:
+        for column_id, n in info.counts.items():
+            matching[column_id] = matching.get(column_id, 0) + n
     if filters.active:
         totals = dict(
             Card.objects.filter(board=board, archive__isnull=True)
@@ -362,13 +453,8 @@ def board_view(*, board: Board, filters: BoardFilters, paged: bool = True) -> Bo
     members = list(
         Membership.objects.filter(team_id=board.team_id).select_related("user").order_by("user__username")
     )
-    lanes = _lanes(columns, cards, filters.lanes)
-    if sql_paged:
-        for cell in lanes[0].cells:
-            cell.hidden = matching.get(cell.column.pk, 0) - len(cell.cards)
-    else:
-        _page_cells(lanes, CELL_PAGE if paged else None)
-    card_display([card for lane in lanes for cell in lane.cells for card in cell.cards], board, with_tags=True)
+    if not lanes:
+        lanes = [Lane(key="all", title="", cells=[Cell(column=c) for c in columns])]
     return BoardView(
         board=board,
         filters=filters,
@@ -378,14 +464,36 @@ def board_view(*, board: Board, filters: BoardFilters, paged: bool = True) -> Bo
         tags=list(Tag.objects.filter(team_id=board.team_id).order_by("name")),
         shown=sum(matching.get(c.pk, 0) for c in columns),
         total=sum(totals.values()),
+        lanes_hidden=max(0, len(infos) - len(lanes)) if filters.lanes != "none" else 0,
     )
+
+
+@dataclass
+class LanePage:
+    lanes: list[Lane]
+    offset: int
+    hidden: int  # lanes after these
+
+    @property
+    def next(self) -> int:
+        return self.offset + len(self.lanes)
+
+
+def board_lanes(*, board: Board, filters: BoardFilters, offset: int) -> LanePage:
+    """The swimlanes after the first `offset` ("show more lanes"), under the page's filters."""
+    columns = list(board.columns.order_by("position", "id"))
+    offset = max(0, offset)
+    infos, lanes = _board_lanes(board, filters, columns, offset)
+    if filters.lanes == "none":
+        return LanePage(lanes=[], offset=offset, hidden=0)
+    return LanePage(lanes=lanes, offset=offset, hidden=max(0, len(infos) - offset - len(lanes)))
 
 
 @dataclass
 class CellPage:
     column: Column
     lane: str
-    cards: list[Card]
+    cards: list[BoardCard]
     offset: int  # index of the first card in the cell
     hidden: int  # cards after this page
 
@@ -394,22 +502,23 @@ def board_cell_cards(
     *, board: Board, filters: BoardFilters, column_id: int, lane: str, offset: int, limit: int | None = None
 ) -> CellPage | None:
     """The next cards of one cell after `offset`, in board order and under the same filters and
-    swimlanes as the page; None when the cell does not exist (any more)."""
-    columns = list(board.columns.order_by("position", "id"))
-    column = next((c for c in columns if c.pk == column_id), None)
+    swimlanes as the page (two queries of the page's size plus run counts and tags); None when the
+    cell does not exist (any more)."""
+    column = board.columns.filter(pk=column_id).first()
     if column is None:
         return None
-    cards = list(_filtered(_board_cards(board).filter(column_id=column_id), filters))
-    lanes = _lanes(columns, cards, filters.lanes)
-    cell = next((c for ln in lanes if ln.key == lane for c in ln.cells if c.column.pk == column_id), None)
-    if cell is None:
-        return CellPage(column=column, lane=lane, cards=[], offset=offset, hidden=0)
     offset = max(0, offset)
-    page = cell.cards[offset : offset + (limit or CELL_MORE_PAGE)]
-    return CellPage(
-        column=column, lane=lane, cards=card_display(page, board, with_tags=True), offset=offset,
-        hidden=max(0, len(cell.cards) - offset - len(page)),
-    )
+    valid, value = _lane_value(filters.lanes, lane)
+    if not valid:
+        return CellPage(column=column, lane=lane, cards=[], offset=offset, hidden=0)
+    qs = _filtered(_board_cards(board).filter(column_id=column_id), filters)
+    qs, name = _with_lane(qs, filters.lanes)
+    if name:
+        qs = qs.filter(_in_lanes(name, [value]))
+    total = qs.order_by().aggregate(n=Count("id", distinct=True))["n"]
+    end = offset + (limit or CELL_MORE_PAGE)
+    cards = _cards_from_rows(qs.values(*_CARD_VALUES)[offset:end])
+    return CellPage(column=column, lane=lane, cards=cards, offset=offset, hidden=max(0, total - offset - len(cards)))
 
 
 def column_totals(board: Board) -> list[dict[str, object]]:

@@ -29,6 +29,7 @@ from ..selectors.board import (
     archived_cards,
     board_card,
     board_cell_cards,
+    board_lanes,
     board_stamp,
     board_view,
     card_quick_view,
@@ -155,6 +156,25 @@ def board_cell_cards_view(request: HttpRequest, board_id: int) -> HttpResponse:
         **_roles(membership),
     }
     return render(request, "board/_cell_cards.html", context)
+
+
+@require_GET
+@board_endpoint
+def board_lanes_view(request: HttpRequest, board_id: int) -> HttpResponse:
+    """The next swimlanes ("show more lanes"), under the page's filters and swimlane mode."""
+    board, membership = get_board_or_404(user=request.user, board_id=board_id)
+    filters = BoardFilters.from_params(request.GET)
+    page = board_lanes(board=board, filters=filters, offset=_int(request.GET.get("offset")) or 0)
+    context = {
+        "board": board,
+        "lanes": page.lanes,
+        "mode": filters.lanes,
+        "query": filters.querystring(),
+        "lanes_hidden": page.hidden,
+        "lanes_next": page.next,
+        **_roles(membership),
+    }
+    return render(request, "board/_lanes.html", context)
 
 
 @require_GET

@@ -5,6 +5,7 @@ from . import board_views as v
 urlpatterns = [
     path("boards/<int:board_id>/", v.board_page, name="board"),
     path("boards/<int:board_id>/cells/", v.board_cell_cards_view, name="board_cell_cards"),
+    path("boards/<int:board_id>/lanes/", v.board_lanes_view, name="board_lanes"),
     path("boards/<int:board_id>/state/", v.board_state, name="board_state"),
     path("boards/<int:board_id>/cards/new/<str:kind>/", v.card_create_view, name="board_card_create"),
     path("boards/<int:board_id>/cards/sample-size/", v.card_sample_size, name="board_card_sample_size"),

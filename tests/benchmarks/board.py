@@ -1,5 +1,6 @@
 """The Kanban board page at 500 to 5,000 cards: server time and, in headless Chromium, page load and
-a mouse drag until the move is saved.
+a mouse drag until the move is saved, and how long board.js's dragover handler takes over a small
+column and over a column with 1,000+ cards loaded (drag feedback must not grow with the column).
 
 Seeds one board (5 columns; hypotheses, experiments under them and results; owners, tags, run
 links) per size on its own fresh PostgreSQL database, then times the board page through Django's
@@ -97,12 +98,15 @@ def seed(n_cards: int):
 
 
 def timed(fn, repeat: int):
-    times, result = [], None
+    """Median wall time and median CPU time of this process (the Django side: views, ORM, templates;
+    not PostgreSQL) over `repeat` calls, and the last result."""
+    times, cpu, result = [], [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu), result
 
 
 def serve() -> ThreadedWSGIServer:
@@ -110,6 +114,34 @@ def serve() -> ThreadedWSGIServer:
     server.set_app(StaticFilesHandler(WSGIHandler()))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+# Times board.js's dragover work: a window listener in the capture phase runs before board.js's
+# (on document), one in the bubble phase after it, so the difference is the handler including any
+# layout it forces (getBoundingClientRect after the card moved).
+DRAGOVER_PROBE = """() => {
+  window.__dragover = [];
+  window.addEventListener('dragover', () => { window.__dragoverT0 = performance.now(); }, true);
+  window.addEventListener('dragover', () => { window.__dragover.push(performance.now() - window.__dragoverT0); });
+}"""
+NAV_TIMING = """() => { const n = performance.getEntriesByType('navigation')[0];
+  return {ttfb: n.responseStart - n.requestStart, dom: n.domInteractive - n.responseEnd,
+          load: n.loadEventEnd - n.startTime, nodes: document.getElementsByTagName('*').length}; }"""
+
+
+def drag_over_column(page, source, cell, steps: int = 40) -> list[float]:
+    """Drag `source` down the visible part of `cell` and drop it there; the dragover handler times."""
+    page.evaluate("() => { const b = document.getElementById('board'); b.scrollTop = 0; b.scrollLeft = 0; }")
+    page.evaluate(DRAGOVER_PROBE)
+    s_box, c_box = source.bounding_box(), cell.bounding_box()
+    page.mouse.move(s_box["x"] + 30, s_box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(s_box["x"] + 60, s_box["y"] + 40, steps=5)
+    x = c_box["x"] + c_box["width"] / 2
+    page.mouse.move(x, c_box["y"] + 30, steps=10)
+    page.mouse.move(x, min(c_box["y"] + c_box["height"] - 30, 850), steps=steps)
+    page.mouse.up()
+    return page.evaluate("() => window.__dragover")
 
 
 def browser_figures(board, user, client: Client) -> dict[str, float]:
@@ -121,6 +153,7 @@ def browser_figures(board, user, client: Client) -> dict[str, float]:
     url = f"{base}/boards/{board.pk}/"
     done = Column.objects.get(board=board, stage=Stage.DONE)
     backlog = Column.objects.get(board=board, stage=Stage.BACKLOG)
+    running = Column.objects.get(board=board, stage=Stage.RUNNING)
     server = serve()
     out: dict[str, float] = {}
     try:
@@ -131,13 +164,20 @@ def browser_figures(board, user, client: Client) -> dict[str, float]:
                                   "url": base}])
             page = context.new_page()
             page.set_default_timeout(60_000)
-            page.goto(url)  # warm-up (static files, template cache)
-            loads = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                page.goto(url, wait_until="load")
-                loads.append(time.perf_counter() - t0)
-            out["chromium load"] = statistics.median(loads) * 1000
+            for label, target in (("", url), (" hypothesis lanes", f"{url}?lanes=hypothesis")):
+                page.goto(target)  # warm-up (static files, template cache)
+                loads, navs = [], []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    page.goto(target, wait_until="load")
+                    loads.append(time.perf_counter() - t0)
+                    navs.append(page.evaluate(NAV_TIMING))
+                out[f"chromium load{label}"] = statistics.median(loads) * 1000
+                nav = navs[loads.index(statistics.median(loads))] if len(loads) % 2 else navs[-1]
+                print(f"  chromium{label or ' board'}: load {statistics.median(loads) * 1000:.0f} ms "
+                      f"(server to first byte {nav['ttfb']:.0f} ms, parse to interactive {nav['dom']:.0f} ms, "
+                      f"{nav['nodes']:,} elements)")
+            page.goto(url, wait_until="load")
             drags = []
             for attempt in range(3):
                 source_col, target_col = (done, backlog) if attempt % 2 == 0 else (backlog, done)
@@ -156,6 +196,33 @@ def browser_figures(board, user, client: Client) -> dict[str, float]:
                 drags.append(time.perf_counter() - t0)
                 page.reload(wait_until="load")
             out["chromium drag until saved"] = statistics.median(drags) * 1000
+            # Drag feedback against column size: dragover handler time over the small Running column,
+            # then over the Done column after "show more" loaded 1,000 more of its cards (if it has them).
+            small_cell = page.locator(f'.cell[data-column-id="{running.pk}"]')
+            small_n = small_cell.locator("> .card").count()
+            small = drag_over_column(page, page.locator(f'.cell[data-column-id="{backlog.pk}"] > .card').first,
+                                     small_cell)
+            page.reload(wait_until="load")
+            big_cell = page.locator(f'.cell[data-column-id="{done.pk}"]')
+            for _ in range(5):
+                more = big_cell.locator("> .cell-more")
+                if not more.count():
+                    break
+                before = big_cell.locator("> .card").count()
+                more.click()
+                page.wait_for_function(
+                    "([sel, n]) => document.querySelectorAll(sel).length > n",
+                    arg=[f'.cell[data-column-id="{done.pk}"] > .card', before],
+                )
+            big_n = big_cell.locator("> .card").count()
+            big = drag_over_column(page, page.locator(f'.cell[data-column-id="{backlog.pk}"] > .card').first,
+                                   big_cell)
+            for label, values, n in (("small column", small, small_n), ("big column", big, big_n)):
+                values = values or [0.0]
+                out[f"dragover handler, {label}"] = statistics.median(values)
+                print(f"  dragover handler over a column showing {n:,} cards: "
+                      f"median {statistics.median(values) * 1000:.0f} µs, max {max(values) * 1000:.0f} µs "
+                      f"({len(values)} events)")
             browser.close()
     finally:
         server.shutdown()
@@ -170,23 +237,42 @@ def main(n_cards: int, browser: bool) -> None:
     client = Client()
     client.force_login(user)
     url = f"/boards/{board.pk}/"
-    client.get(url)
-    seconds, response = timed(lambda: client.get(url), repeat=5)
-    assert response.status_code == 200
-    with CaptureQueriesContext(connection) as ctx:
-        client.get(url)
-    sql_ms = sum(float(q["time"]) for q in ctx.captured_queries) * 1000
-    filtered, _ = timed(lambda: client.get(url, {"q": "feature set 3"}), repeat=5)
-    lanes, _ = timed(lambda: client.get(url, {"lanes": "hypothesis"}), repeat=3)
-    times = {"server board page": seconds * 1000, "server filtered (q=)": filtered * 1000,
-             "server hypothesis lanes": lanes * 1000}
-    print(f"board page {seconds * 1000:.0f} ms (SQL {sql_ms:.0f} ms, {len(ctx.captured_queries)} queries, "
-          f"{len(response.content) / 1024:.0f} KiB); filtered {filtered * 1000:.0f} ms; "
-          f"hypothesis lanes {lanes * 1000:.0f} ms")
+    variants = {
+        "board page": {},
+        "filtered (q=)": {"q": "feature set 3"},
+        "hypothesis lanes": {"lanes": "hypothesis"},
+        "owner lanes": {"lanes": "owner"},
+    }
+    times: dict[str, float] = {}
+    for name, params in variants.items():
+        client.get(url, params)  # warm-up
+        seconds, cpu, response = timed(lambda params=params: client.get(url, params), repeat=5)
+        assert response.status_code == 200
+        with CaptureQueriesContext(connection) as ctx:
+            client.get(url, params)
+        queries = list(ctx.captured_queries)  # the next request clears the connection's query log
+        sql_ms = sum(float(q["time"]) for q in queries) * 1000
+        times[f"server {name}"] = seconds * 1000
+        times[f"server {name}, CPU"] = cpu * 1000
+        print(f"{name}: {seconds * 1000:.0f} ms (Django CPU {cpu * 1000:.0f} ms; SQL {sql_ms:.0f} ms in "
+              f"{len(queries)} queries; {len(response.content) / 1024:.0f} KiB)")
+    # "Show more": the next page of the fullest column, and the next swimlanes.
+    done = Column.objects.get(board=board, stage=Stage.DONE)
+    more_cells = f"/boards/{board.pk}/cells/?column={done.pk}&lane=all&offset=60"
+    more_lanes = f"/boards/{board.pk}/lanes/?offset=40&lanes=hypothesis"
+    for name, target in (("show more cards", more_cells), ("show more lanes", more_lanes)):
+        if client.get(target).status_code == 404:  # a build without that endpoint (before/after runs)
+            continue
+        seconds, cpu, response = timed(lambda target=target: client.get(target), repeat=5)
+        assert response.status_code == 200
+        times[f"server {name}"] = seconds * 1000
+        print(f"{name}: {seconds * 1000:.0f} ms (Django CPU {cpu * 1000:.0f} ms; "
+              f"{len(response.content) / 1024:.0f} KiB)")
     if browser:
         figures = browser_figures(board, user, client)
-        print("  ".join(f"{k} {v:.0f} ms" for k, v in figures.items()))
+        print("  ".join(f"{k} {v:.0f} ms" for k, v in figures.items() if "dragover" not in k))
         times.update(figures)
+    print(f"load average {os.getloadavg()[0]:.1f}")
     emit({"cards": n_cards, "times": times})
 
 
@@ -195,7 +281,7 @@ if __name__ == "__main__":
     browser = "--no-browser" not in sys.argv
     if args and args[0] == "--sizes":
         sizes = [int(x) for x in args[1].split(",")]
-        results = run_sizes(__file__, sizes, "mlboard_scale_bench_board", [] if browser else ["--no-browser"])
+        results = run_sizes(__file__, sizes, "board_scale_bench", [] if browser else ["--no-browser"])
         print_growth(sizes, results, label="cards")
     else:
         main(int(args[0]) if args else 2000, browser)
