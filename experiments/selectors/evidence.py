@@ -27,6 +27,7 @@ from ..models import (
     VerdictProposal,
     VerdictStatus,
 )
+from .ids import InIds
 
 
 def evidence_cards_q(hypothesis: Any) -> Q:
@@ -70,8 +71,8 @@ def _evidence_ends(hypothesis_ids: list[int], end: dt.datetime) -> QuerySet:
     correlated "last run before the decision" subquery walks the run end-time index once per
     hypothesis, i.e. all of history per decision."""
     runs = Q(is_baseline=False, run__status__in=TERMINAL_STATUSES, run__end_time__lt=end)
-    own = CardRun.objects.filter(runs, card_id__in=hypothesis_ids).values_list("card_id", "run__end_time")
-    child = CardRun.objects.filter(runs, card__parent_id__in=hypothesis_ids).values_list(
+    own = CardRun.objects.filter(runs, InIds("card_id", hypothesis_ids)).values_list("card_id", "run__end_time")
+    child = CardRun.objects.filter(runs, InIds("card__parent_id", hypothesis_ids)).values_list(
         "card__parent_id", "run__end_time"
     )
     return own.order_by().union(child.order_by(), all=True)

@@ -45,6 +45,7 @@ from ..models import (
     VerdictChoice,
 )
 from .evidence import decided_hypotheses
+from .ids import InIds
 
 GROUPS: dict[str, str] = {"day": "Day", "week": "Week", "iteration": "Iteration"}
 DEFAULT_DAYS: dict[str, int] = {"day": 14, "week": 84, "iteration": 14}
@@ -425,8 +426,9 @@ def _first_signals(team: Team, params: ReportParams, start: dt.datetime, end: dt
         before = Q(finished, run__end_time__lt=start)
         ids = list(first)
         earlier = (
-            CardRun.objects.filter(before, card_id__in=ids).values_list("card_id").order_by()
-            .union(CardRun.objects.filter(before, card__parent_id__in=ids).values_list("card__parent_id").order_by())
+            CardRun.objects.filter(before, InIds("card_id", ids)).values_list("card_id").order_by()
+            .union(CardRun.objects.filter(before, InIds("card__parent_id", ids)).values_list("card__parent_id")
+                   .order_by())
         )
         for (card_id,) in earlier:
             first.pop(card_id, None)
