@@ -141,8 +141,8 @@ def fill_mlflow(database_url: str, n_runs: int) -> int:
             "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status, "
             "start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id) "
             "SELECT md5(g::text), 'run-' || g, 'LOCAL', '', '', 'bench', 'FINISHED', "
-            "(extract(epoch FROM now()) * 1000)::bigint - g * 60000, "
-            "(extract(epoch FROM now()) * 1000)::bigint - g * 60000 + 1800000, '', 'active', "
+            "(extract(epoch FROM now()) * 1000)::bigint - g::bigint * 60000, "
+            "(extract(epoch FROM now()) * 1000)::bigint - g::bigint * 60000 + 1800000, '', 'active', "
             "'/tmp/mlflow-bench/' || md5(g::text), %s FROM generate_series(1, %s) g",
             [experiment_id, n_runs],
         )
