@@ -163,8 +163,14 @@ def _item(row: dict[str, Any]) -> FlowItem:
 def _done_items(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[FlowItem]:
     # Moves between two Done columns are not a new completion, hence the from_stage exclusion.
     entered_done = Q(events__kind__in=STAGE_ENTRY, events__to_stage=Stage.DONE) & ~Q(events__from_stage=Stage.DONE)
+    # A card's last arrival in Done falls in the window only if some arrival does (or, without any,
+    # its completion time does): only those cards' events are aggregated, not every Done card's.
+    arrived = CardEvent.objects.filter(
+        kind__in=STAGE_ENTRY, to_stage=Stage.DONE, created_at__gte=start, created_at__lt=end
+    ).exclude(from_stage=Stage.DONE)
     rows = (
         Card.objects.filter(_scope(team, params), column__stage=Stage.DONE)
+        .filter(Q(pk__in=arrived.values("card_id")) | Q(completed_at__gte=start, completed_at__lt=end))
         .values(*_ITEM_FIELDS)
         .annotate(
             started=_started_expr(),
