@@ -52,7 +52,7 @@ from ..models import (
 )
 from ..services.runs import SEED_KEYS
 from .evidence import decided_hypotheses, first_evidence_start
-from .ids import InIds
+from .sql import InIds
 
 
 @dataclass
@@ -145,7 +145,7 @@ def _run_ids(ids: list[int], runs: QuerySet[Run]) -> list[int] | QuerySet:
 
 
 def _among(field: str, ids: list[int] | QuerySet) -> Any:
-    """Filter `field` by the ids from _run_ids: one array value for a list (see selectors/ids.py)."""
+    """Filter `field` by the ids from _run_ids: one array value for a list (see selectors/sql.py)."""
     return InIds(field, ids) if isinstance(ids, list) else Q(**{f"{field}__in": ids})
 
 
