@@ -11,13 +11,14 @@ through Django's test client, printing query counts.
     .venv/bin/python tests/benchmarks/reports.py --sizes 91,182,365   # N, 2N, 4N on fresh PostgreSQL databases
 
 With --sizes each size runs in a child process on its own fresh PostgreSQL database
-(mlboard_scale_bench_reports_<days>, dropped afterwards) and a table of selector times with the
-growth exponent follows.
+(mlboard_scale_bench_reports_<days>, dropped afterwards; BENCH_DB_PREFIX replaces
+mlboard_scale_bench) and a table of selector times with the growth exponent follows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import statistics
 import sys
@@ -246,7 +247,8 @@ class Seeder:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--sizes":
         sizes = [int(x) for x in sys.argv[2].split(",")]
-        results = run_sizes(__file__, sizes, "mlboard_scale_bench_reports")
+        prefix = os.environ.get("BENCH_DB_PREFIX", "mlboard_scale_bench")
+        results = run_sizes(__file__, sizes, f"{prefix}_reports")
         print_growth(sizes, results, label="days")
         return
     days = int(sys.argv[1]) if len(sys.argv) > 1 else 365
