@@ -209,13 +209,16 @@ def _replay(team: Team, params: ReportParams, days: list[dt.date]) -> dict[str, 
         .order_by("-created_at", "-id")
         .values("to_stage")[:1]
     )
-    state: dict[int, str] = dict(
-        Card.objects.filter(_scope(team, params), created_at__lt=end)
+    # Cards without a stage yet are dropped here: filtering on the annotation in SQL ran its
+    # subquery a second time per card.
+    state: dict[int, str] = {
+        pk: stage
+        for pk, stage in Card.objects.filter(_scope(team, params), created_at__lt=end)
         .annotate(stage_then=Subquery(last_stage))
-        .filter(stage_then__isnull=False)
         .order_by()
         .values_list("pk", "stage_then")
-    )
+        if stage is not None
+    }
     counts = dict.fromkeys(STAGE_ORDER, 0)
     for stage in state.values():
         counts[stage] = counts.get(stage, 0) + 1
