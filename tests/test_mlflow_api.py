@@ -8,6 +8,7 @@ import json
 import pytest
 from django.db import connection
 
+from experiments.mlflow_api.search import order_runs, parse_order_by
 from experiments.models import LatestMetric, Metric, Run, TrackingExperiment
 from experiments.services.logged_models import (
     DatasetSpec,
@@ -96,8 +97,9 @@ def test_metrics_only_batch_query_count(post, team, member, django_assert_num_qu
 def test_search_runs_query_count(post, team, member, django_assert_num_queries, count):
     experiment = tracking_experiment_get_or_create(team=team, name="exp")
     _runs(team, member, experiment, count)
-    # token, membership, runs page, latest metrics, params, datasets, model inputs/outputs
-    with django_assert_num_queries(7):
+    # token, membership, ids of the runs with the metric (index order) and, as the page is not full,
+    # of those without; the page's runs, latest metrics, params, datasets, model inputs/outputs
+    with django_assert_num_queries(9):
         response = post("runs/search", {
             "experiment_ids": [str(experiment.pk)],
             "filter": "metrics.acc >= 0 and params.lr = '0.1' and tags.k != 'zz'",
@@ -129,6 +131,30 @@ def test_search_logged_models_by_metric_query_count(post, team, member, django_a
     models = response.json()["models"]
     assert [m["info"]["name"] for m in models] == [f"m{i}" for i in reversed(range(count))]
     assert len(models[0]["data"]["metrics"]) == 3
+
+
+@pytest.mark.parametrize("order_by", [["metrics.acc DESC"], ["metrics.acc ASC"], ["metrics.acc DESC", "run_name DESC"]])
+@pytest.mark.parametrize("page_size", [1, 2, 3, 100])
+def test_search_runs_by_metric_pages_match_one_ordered_query(post, team, member, order_by, page_size):
+    """The two-step read (runs with the metric off the index, then the rest) pages exactly like one
+    ORDER BY over all runs, across the boundary, with ties, NaN and missing values."""
+    experiment = tracking_experiment_get_or_create(team=team, name="exp")
+    values = {"a": 0.5, "b": 0.5, "c": 0.9, "d": 0.1, "e": float("nan"), "f": None, "g": None, "h": None}
+    for name, value in values.items():
+        run = run_create(team=team, user=member, experiment=experiment, name=name)
+        if value is not None:
+            run_log_batch(run=run, metrics=[MetricPoint("acc", value, 0, 1)])
+    expected = [run.name for run in order_runs(Run.objects.filter(team=team), parse_order_by(order_by))]
+    assert set(expected[-4:]) == {"e", "f", "g", "h"}  # NaN and missing last, either direction
+    names, token = [], None
+    for _ in range(len(values) + 1):
+        payload = {"experiment_ids": [str(experiment.pk)], "order_by": order_by, "max_results": page_size}
+        data = post("runs/search", {**payload, **({"page_token": token} if token else {})}).json()
+        names += [r["info"]["run_name"] for r in data.get("runs", [])]
+        token = data.get("next_page_token")
+        if not token:
+            break
+    assert names == expected
 
 
 @pytest.mark.parametrize("count", [4, 8])

@@ -25,8 +25,9 @@ from experiments.services.runs import (
 
 METRIC_KEYS = ("val_auc", "train_loss", "lr")
 # session + user + membership/team, then the page's own reads (see the selectors' docstrings).
-# PostgreSQL asks the planner for a row estimate first (estimated counts at large sizes).
-RUNS_LIST_QUERIES = 11 + (connection.vendor == "postgresql")
+# PostgreSQL asks the planner for a row estimate first (estimated counts at large sizes). The metric
+# keys are one query (the recent-run sample is a subquery).
+RUNS_LIST_QUERIES = 10 + (connection.vendor == "postgresql")
 # 13 for the card, +5 teamwork (comments, mentions, watching, snapshot, similar hypotheses),
 # +5 verdict plan (progress (3), amendments, sample-size spread), +1 artifacts (the runs' images).
 CARD_PAGE_QUERIES = 24

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Exists, F, FilteredRelation, OuterRef, Q, QuerySet, Subquery, TextField
+from django.db.models import Exists, F, FilteredRelation, OrderBy, OuterRef, Q, QuerySet, Subquery, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
@@ -335,7 +335,14 @@ def _as_text(cond: Condition) -> Condition:
 
 
 def order_runs(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> QuerySet:
-    ordering = []
+    queryset, ordering = run_ordering(queryset, clauses)
+    return queryset.order_by(*ordering)
+
+
+def run_ordering(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> tuple[QuerySet, list[OrderBy]]:
+    """The queryset with the sort values aliased (`_order0`, ...) and the full ordering, tie-breakers
+    included. A metric's alias is NULL when the run lacks it or its latest value is NaN."""
+    ordering: list[OrderBy] = []
     for index, (entity, key, ascending) in enumerate(clauses):
         alias = f"_order{index}"
         if entity == "metric":
@@ -362,7 +369,7 @@ def order_runs(queryset: QuerySet, clauses: list[tuple[str, str, bool]]) -> Quer
     if not any(entity == "attribute" and RUN_TIME_ATTRIBUTES.get(key) == "start_time" for entity, key, _ in clauses):
         ordering.append(F("start_time").desc(nulls_last=True))
     ordering += [F("external_id").asc(), F("pk").asc()]
-    return queryset.order_by(*ordering)
+    return queryset, ordering
 
 
 # --- Page tokens -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, Prefetch, Q, QuerySet, Value, When
+from django.db.models import Case, F, Prefetch, Q, QuerySet, Value, When
 
 from ..inputs import INT64_MAX, INT64_MIN
 from ..models import LatestMetric, Metric, Param, Run, RunDataset, RunModelIO, Team, TrackingExperiment
@@ -24,6 +24,7 @@ from .search import (
     order_runs,
     parse_filter,
     parse_order_by,
+    run_ordering,
     split_identifier,
     string_condition,
     tag_value,
@@ -245,12 +246,37 @@ def runs_search(
             )
         queryset = queryset.filter(scope)
     queryset = filter_runs(queryset, parse_filter(filter_string))
-    queryset = order_runs(queryset, parse_order_by(order_by))
+    clauses = parse_order_by(order_by)
     limit = _max_results(max_results)
     offset = offset_from(page_token)
-    page = list(with_data(queryset)[offset : offset + limit + 1])
+    if clauses and clauses[0][0] == "metric":
+        ids = _metric_ordered_ids(queryset, clauses, offset, limit + 1)
+        found = {run.pk: run for run in with_data(Run.objects.filter(pk__in=ids))}
+        page = [found[pk] for pk in ids if pk in found]
+    else:
+        page = list(with_data(order_runs(queryset, clauses))[offset : offset + limit + 1])
     token = encode_token({"offset": offset + limit}) if len(page) > limit else None
     return page[:limit], token
+
+
+def _metric_ordered_ids(queryset: QuerySet[Run], clauses: list[tuple[str, str, bool]], offset: int,
+                        count: int) -> list[int]:
+    """Ids of one page of runs ordered by a metric first, without sorting every run: the runs that
+    have the metric come in value order off the (key, value, run) index, the rest (NULL sorts last)
+    only when the page reaches past them. Same order as order_runs."""
+    queryset, ordering = run_ordering(queryset, clauses)
+    value = F("_order0")
+    # Plain ASC/DESC over non-NULL values matches the index order; NULLS LAST would not.
+    first = value.asc() if clauses[0][2] else value.desc()
+    present = queryset.filter(_order0__isnull=False).order_by(first, *ordering[1:]).values_list("pk", flat=True)
+    ids = list(present[offset : offset + count])
+    if len(ids) == count:
+        return ids
+    # Runs with the metric before this page: all of offset when the page holds some of them.
+    before = offset + len(ids) if ids or not offset else present.count()
+    absent = queryset.filter(_order0__isnull=True).order_by(*ordering[1:]).values_list("pk", flat=True)
+    skip = max(0, offset - before)
+    return ids + list(absent[skip : skip + count - len(ids)])
 
 
 def metric_history(

@@ -19,6 +19,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import connection
 from django.db.models import F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -26,6 +27,7 @@ from django.utils import timezone
 from ..models import Card, CardEvent, CardKind, EventKind, Stage, Team
 from .velocity import (
     Bucketer,
+    EpochSeconds,
     Period,
     ReportParams,
     _iterations_in_range,
@@ -163,8 +165,14 @@ def _item(row: dict[str, Any]) -> FlowItem:
 def _done_items(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> list[FlowItem]:
     # Moves between two Done columns are not a new completion, hence the from_stage exclusion.
     entered_done = Q(events__kind__in=STAGE_ENTRY, events__to_stage=Stage.DONE) & ~Q(events__from_stage=Stage.DONE)
+    # A card's last arrival in Done falls in the window only if some arrival does (or, without any,
+    # its completion time does): only those cards' events are aggregated, not every Done card's.
+    arrived = CardEvent.objects.filter(
+        kind__in=STAGE_ENTRY, to_stage=Stage.DONE, created_at__gte=start, created_at__lt=end
+    ).exclude(from_stage=Stage.DONE)
     rows = (
         Card.objects.filter(_scope(team, params), column__stage=Stage.DONE)
+        .filter(Q(pk__in=arrived.values("card_id")) | Q(completed_at__gte=start, completed_at__lt=end))
         .values(*_ITEM_FIELDS)
         .annotate(
             started=_started_expr(),
@@ -201,28 +209,37 @@ def _replay(team: Team, params: ReportParams, days: list[dt.date]) -> dict[str, 
         .order_by("-created_at", "-id")
         .values("to_stage")[:1]
     )
-    state: dict[int, str] = dict(
-        Card.objects.filter(_scope(team, params), created_at__lt=end)
+    # Cards without a stage yet are dropped here: filtering on the annotation in SQL ran its
+    # subquery a second time per card.
+    state: dict[int, str] = {
+        pk: stage
+        for pk, stage in Card.objects.filter(_scope(team, params), created_at__lt=end)
         .annotate(stage_then=Subquery(last_stage))
-        .filter(stage_then__isnull=False)
         .order_by()
         .values_list("pk", "stage_then")
-    )
+        if stage is not None
+    }
     counts = dict.fromkeys(STAGE_ORDER, 0)
     for stage in state.values():
         counts[stage] = counts.get(stage, 0) + 1
+    # Event times are only compared with day boundaries: on PostgreSQL they load as epoch seconds
+    # (exact to the microsecond in a float8, like datetime.timestamp()), several times faster than
+    # time-zone-aware datetimes for a year of events. SQLite's julianday is not that exact.
+    epoch = connection.vendor == "postgresql"
     events = (
         CardEvent.objects.filter(
             _scope(team, params, "card__"), kind__in=STAGE_ENTRY, created_at__gte=start, created_at__lt=end
         )
         .exclude(to_stage="")
         .order_by("created_at", "id")
-        .values_list("card_id", "created_at", "to_stage")
+        .annotate(at=EpochSeconds("created_at") if epoch else F("created_at"))
+        .values_list("card_id", "at", "to_stage")
     )
     pending = iter(events)
     nxt = next(pending, None)
     for day in days:
-        boundary = local_midnight(day + dt.timedelta(days=1), zone)
+        midnight = local_midnight(day + dt.timedelta(days=1), zone)
+        boundary: Any = midnight.timestamp() if epoch else midnight
         while nxt is not None and nxt[1] < boundary:
             card_id, _, to_stage = nxt
             previous = state.get(card_id)

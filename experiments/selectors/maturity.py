@@ -52,6 +52,7 @@ from ..models import (
 )
 from ..services.runs import SEED_KEYS
 from .evidence import decided_hypotheses, first_evidence_start
+from .sql import InIds
 
 
 @dataclass
@@ -143,6 +144,11 @@ def _run_ids(ids: list[int], runs: QuerySet[Run]) -> list[int] | QuerySet:
     return ids if len(ids) <= MAX_LITERAL_IDS else runs.values("pk")
 
 
+def _among(field: str, ids: list[int] | QuerySet) -> Any:
+    """Filter `field` by the ids from _run_ids: one array value for a list (see selectors/sql.py)."""
+    return InIds(field, ids) if isinstance(ids, list) else Q(**{f"{field}__in": ids})
+
+
 def reproduced_records(runs: QuerySet[Run]) -> tuple[list[tuple[mm.RunRecord, dt.datetime]], list[int]]:
     """Finished runs with code and data versions, as RunRecords with their window time, and the ids
     of all the window's runs (four queries).
@@ -155,12 +161,11 @@ def reproduced_records(runs: QuerySet[Run]) -> tuple[list[tuple[mm.RunRecord, dt
     ids = _run_ids([row[0] for row in rows], runs.filter(status=RunStatus.FINISHED).exclude(code_version="")
                    .exclude(data_version=""))
     params: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for run_id, key, value in Param.objects.filter(run_id__in=ids).exclude(key__in=SEED_KEYS).order_by().values_list(
-        "run_id", "key", "value"
-    ):
+    param_rows = Param.objects.filter(_among("run_id", ids)).exclude(key__in=SEED_KEYS).order_by()
+    for run_id, key, value in param_rows.values_list("run_id", "key", "value"):
         params[run_id].append((key, value))
     metrics: dict[int, dict[str, float]] = defaultdict(dict)
-    for run_id, key, value, is_nan in LatestMetric.objects.filter(run_id__in=ids).order_by().values_list(
+    for run_id, key, value, is_nan in LatestMetric.objects.filter(_among("run_id", ids)).order_by().values_list(
         "run_id", "key", "value", "is_nan"
     ):
         metrics[run_id][key] = math.nan if is_nan else value
@@ -168,7 +173,7 @@ def reproduced_records(runs: QuerySet[Run]) -> tuple[list[tuple[mm.RunRecord, dt
     primary: dict[int, set[str]] = defaultdict(set)
     judged = Coalesce(NullIf("card__metric_key", Value("")), NullIf("card__parent__metric_key", Value("")))
     for run_id, key in (
-        CardRun.objects.filter(run_id__in=ids, is_baseline=False).annotate(judged=judged)
+        CardRun.objects.filter(_among("run_id", ids), is_baseline=False).annotate(judged=judged)
         .filter(judged__isnull=False).order_by().values_list("run_id", "judged")
     ):
         primary[run_id].add(key)
@@ -199,7 +204,7 @@ def _criteria_first(team_id: int, run_ids: list[int] | QuerySet, weeks: _Weeks, 
     """Hypotheses by the week their first evidence run started: criteria set before it, never amended
     after it (two queries). Only hypotheses with an evidence run in the window can qualify, so
     the first-run subquery runs for those alone."""
-    in_window = CardRun.objects.filter(run_id__in=run_ids, is_baseline=False)
+    in_window = CardRun.objects.filter(_among("run_id", run_ids), is_baseline=False)
     candidates = (
         _hypothesis_team(team_id)
         .filter(Q(pk__in=in_window.values("card_id")) | Q(pk__in=in_window.values("card__parent_id")))
@@ -222,7 +227,7 @@ def _amended_after_first_run(first_runs: dict[int, dt.datetime]) -> set[int]:
     made with runs started (services/cards.card_update records them), or dated after the first run."""
     if not first_runs:
         return set()
-    amendments = CriterionAmendment.objects.filter(card_id__in=list(first_runs)).order_by().values_list(
+    amendments = CriterionAmendment.objects.filter(InIds("card_id", first_runs)).order_by().values_list(
         "card_id", "created_at", "runs_started"
     )
     return {card_id for card_id, at, runs in amendments if runs > 0 or at > first_runs[card_id]}

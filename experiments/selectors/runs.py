@@ -24,6 +24,7 @@ from django.db.models import (
     Prefetch,
     Q,
     QuerySet,
+    Subquery,
 )
 from django.http import Http404
 
@@ -181,17 +182,17 @@ METRIC_KEY_SAMPLE_RUNS = 2_000
 
 def team_metric_keys(*, team: Team, limit: int = 50) -> list[str]:
     """Metric keys of the team's recent runs, most widely logged first (one query)."""
-    # Two queries: as an IN (subquery) the planner hashes every latest metric instead of probing
-    # the (run, key) index for the sampled runs.
-    recent = list(
+    recent = (
         Run.objects.filter(team=team)
         .order_by(F("start_time").desc(nulls_last=True), "-id")
-        .values_list("pk", flat=True)[:METRIC_KEY_SAMPLE_RUNS]
+        .values("pk")[:METRIC_KEY_SAMPLE_RUNS]
     )
+    # Counting `key` (not `id`) keeps it an index-only probe of (run, key) per sampled run; the
+    # sample stays a subquery so no list of 2,000 ids is built and sent.
     rows = (
-        LatestMetric.objects.filter(run_id__in=recent)
+        LatestMetric.objects.filter(run_id__in=Subquery(recent))
         .values("key")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("key"))
         .order_by("-n", "key")[:limit]
     )
     return [row["key"] for row in rows]

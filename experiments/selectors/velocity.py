@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, Exists, FloatField, Func, Min, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from ..models import (
@@ -45,6 +45,7 @@ from ..models import (
     VerdictChoice,
 )
 from .evidence import decided_hypotheses
+from .sql import EpochSeconds, InIds
 
 GROUPS: dict[str, str] = {"day": "Day", "week": "Week", "iteration": "Iteration"}
 DEFAULT_DAYS: dict[str, int] = {"day": 14, "week": 84, "iteration": 14}
@@ -364,24 +365,6 @@ def _experiments_first_done(team: Team, params: ReportParams, start: dt.datetime
     )
 
 
-class EpochSeconds(Func):
-    """A timestamp as float seconds since the epoch: thousands of run end times load several times
-    faster as floats than as time-zone-aware datetimes, and only get bucketed anyway."""
-
-    output_field = FloatField()
-
-    def as_sql(self, compiler, connection, **extra_context):  # type: ignore[no-untyped-def]
-        # SQLite (Django stores UTC text): julianday is days since noon, 24 Nov 4714 BC.
-        return super().as_sql(
-            compiler, connection, template="((julianday(%(expressions)s) - 2440587.5) * 86400.0)", **extra_context
-        )
-
-    def as_postgresql(self, compiler, connection, **extra_context):  # type: ignore[no-untyped-def]
-        return super().as_sql(
-            compiler, connection, template="EXTRACT(EPOCH FROM %(expressions)s)::float8", **extra_context
-        )
-
-
 def _runs_ended(team: Team, params: ReportParams, start: dt.datetime, end: dt.datetime) -> QuerySet:
     """(end as epoch seconds, status) of the runs that ended in range."""
     runs = Run.objects.filter(team=team, status__in=TERMINAL_STATUSES, end_time__gte=start, end_time__lt=end)
@@ -425,8 +408,9 @@ def _first_signals(team: Team, params: ReportParams, start: dt.datetime, end: dt
         before = Q(finished, run__end_time__lt=start)
         ids = list(first)
         earlier = (
-            CardRun.objects.filter(before, card_id__in=ids).values_list("card_id").order_by()
-            .union(CardRun.objects.filter(before, card__parent_id__in=ids).values_list("card__parent_id").order_by())
+            CardRun.objects.filter(before, InIds("card_id", ids)).values_list("card_id").order_by()
+            .union(CardRun.objects.filter(before, InIds("card__parent_id", ids)).values_list("card__parent_id")
+                   .order_by())
         )
         for (card_id,) in earlier:
             first.pop(card_id, None)
