@@ -4,6 +4,22 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def sqlite_trigger(apps, schema_editor):
+    # On SQLite a row trigger keeps blocks exact (see services/metric_blocks.py); PostgreSQL folds
+    # them in the ingest statement.
+    if schema_editor.connection.vendor == "sqlite":
+        from experiments.services.metric_blocks import sqlite_trigger_sql
+
+        schema_editor.execute(sqlite_trigger_sql("experiments_metric", "experiments_metricblock"))
+
+
+def drop_sqlite_trigger(apps, schema_editor):
+    if schema_editor.connection.vendor == "sqlite":
+        from experiments.services.metric_blocks import SQLITE_TRIGGER
+
+        schema_editor.execute(f"DROP TRIGGER IF EXISTS {SQLITE_TRIGGER}")
+
+
 def backfill_blocks(apps, schema_editor):
     # Blocks for every point stored before this migration (the chart read relies on them); the same
     # code as `manage.py metric_blocks_backfill`, given this migration's historical models.
@@ -43,5 +59,6 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('run', 'key', 'block'), name='uniq_metric_block')],
             },
         ),
+        migrations.RunPython(sqlite_trigger, drop_sqlite_trigger),
         migrations.RunPython(backfill_blocks, migrations.RunPython.noop, elidable=True),
     ]

@@ -10,15 +10,17 @@ Why exact and cheap at ingest: points are insert-only (a retried batch adds noth
 a point) and every aggregate here is a least/greatest over the block's points, so merging a batch's
 rollup into the stored row with a comparison is exact in any arrival order; only `points` needs the
 points that were really new. On PostgreSQL the rollup rides in the ingest statement itself
-(`postgresql_upsert_cte`, fed by the RETURNING rows of the point insert); elsewhere the batch is
-rolled up in Python (`metric_blocks_add`). Deleting points (run purge) deletes their blocks;
-`metric_blocks_rebuild` (command `metric_blocks_backfill`) recomputes blocks from points.
+(`postgresql_upsert_cte`, fed by the RETURNING rows of the point insert: no extra round trip). On
+SQLite (development) a row trigger does the same fold for every inserted point (`sqlite_trigger_sql`,
+installed by migration 0005_charts): a skipped duplicate fires nothing, and no extra statement.
+Deleting points (run purge) deletes their blocks; `metric_blocks_rebuild` (command
+`metric_blocks_backfill`) recomputes blocks from points, e.g. after a bulk load around the ingest path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from django.db import connection, transaction
 
@@ -83,13 +85,13 @@ def _block_row(run_id: int, key: str, block: int, r: Rollup) -> tuple:
     )
 
 
-def _merge_conflict() -> str:
+def _merge_conflict(table: str | None = None) -> str:
     """ON CONFLICT clause folding a new rollup into the stored block (PostgreSQL and SQLite alike).
 
     Row comparisons give the (step, value) / (value, step) order; a NULL side never wins. Every SET
     expression reads the row as it was, so the paired step/value columns move together."""
     qn = connection.ops.quote_name
-    t = qn(MetricBlock._meta.db_table)
+    t = qn(table or MetricBlock._meta.db_table)
 
     def pick(a: str, b: str, op: str) -> list[str]:
         cond = (
@@ -107,6 +109,23 @@ def _merge_conflict() -> str:
         f"{t}.{qn('gap_step')} THEN excluded.{qn('gap_step')} ELSE {t}.{qn('gap_step')} END",
     ]
     return f"ON CONFLICT ({qn('run_id')}, {qn('key')}, {qn('block')}) DO UPDATE SET " + ", ".join(sets)
+
+
+SQLITE_TRIGGER = "experiments_metric_block_fold"
+
+
+def sqlite_trigger_sql(metric_table: str, block_table: str) -> str:
+    """CREATE TRIGGER folding each point inserted into `metric_table` into its block (SQLite)."""
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(c) for c in BLOCK_COLUMNS)
+    fin = "(NEW.is_nan = 0 AND NEW.value NOT IN (9e999, -9e999))"
+    step, value = f"CASE WHEN {fin} THEN NEW.step END", f"CASE WHEN {fin} THEN NEW.value END"
+    return (
+        f"CREATE TRIGGER IF NOT EXISTS {SQLITE_TRIGGER} AFTER INSERT ON {qn(metric_table)} BEGIN "
+        f"INSERT INTO {qn(block_table)} ({columns}) VALUES (NEW.run_id, NEW.key, NEW.step >> {METRIC_BLOCK_SHIFT}, "
+        f"1, {step}, {value}, {step}, {value}, {step}, {value}, {step}, {value}, "
+        f"CASE WHEN {fin} THEN NULL ELSE NEW.step END) {_merge_conflict(block_table)}; END"
+    )
 
 
 _PG_FINITE = "(NOT p.is_nan AND p.value <> 'Infinity'::float8 AND p.value <> '-Infinity'::float8)"
@@ -148,54 +167,11 @@ def postgresql_upsert_cte(source: str) -> str:
     )
 
 
-def _upsert_rows(rows: Sequence[tuple], conflict: str) -> None:
-    qn = connection.ops.quote_name
-    columns = ", ".join(qn(c) for c in BLOCK_COLUMNS)
-    per_row = len(BLOCK_COLUMNS)
-    placeholder = "(" + ", ".join(["%s"] * per_row) + ")"
-    chunk = max(1, (connection.features.max_query_params or 999) // per_row)
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            cursor.execute(
-                f"INSERT INTO {qn(MetricBlock._meta.db_table)} ({columns}) VALUES "
-                f"{', '.join([placeholder] * len(part))} {conflict}",
-                [v for row in part for v in row],
-            )
-
-
-def metric_blocks_add(*, run_id: int, rows: Sequence[tuple], all_new: bool) -> None:
-    """Fold just-inserted points (run_id, key, value, is_nan, step, timestamp) into their blocks.
-
-    `rows` may include points that were already stored (a retried batch): folding a point twice
-    leaves first/last/min/max as they are, so only the counts are then recounted from the points.
-    """
+def metric_blocks_add(*, run_id: int, keys: Iterable[str]) -> None:
+    """Bring blocks up to date after points were inserted, where neither the ingest statement
+    (PostgreSQL) nor the trigger (SQLite) does: other backends recompute the keys' blocks."""
     if connection.vendor not in ("postgresql", "sqlite"):
-        metric_blocks_rebuild(run_ids=[run_id], keys={r[1] for r in rows})
-        return
-    rollups = rollup_points((r[1], r[4], r[2], r[3]) for r in rows)
-    _upsert_rows([_block_row(run_id, key, block, r) for (key, block), r in rollups.items()], _merge_conflict())
-    if not all_new:
-        _recount(run_id, list(rollups))
-
-
-def _recount(run_id: int, blocks: Sequence[tuple[str, int]]) -> None:
-    qn = connection.ops.quote_name
-    t, m = qn(MetricBlock._meta.db_table), qn(Metric._meta.db_table)
-    width = (1 << METRIC_BLOCK_SHIFT) - 1
-    chunk = max(1, ((connection.features.max_query_params or 999) - 1) // 2)
-    with connection.cursor() as cursor:
-        for start in range(0, len(blocks), chunk):
-            part = blocks[start : start + chunk]
-            cursor.execute(
-                f"UPDATE {t} SET {qn('points')} = (SELECT count(*) FROM {m} "
-                f"WHERE {m}.{qn('run_id')} = {t}.{qn('run_id')} AND {m}.{qn('key')} = {t}.{qn('key')} "
-                f"AND {m}.{qn('step')} BETWEEN "
-                f"{t}.{qn('block')} * {width + 1} AND {t}.{qn('block')} * {width + 1} + {width}) "
-                f"WHERE {qn('run_id')} = %s AND ({qn('key')}, {qn('block')}) IN "
-                f"(VALUES {', '.join(['(%s, %s)'] * len(part))})",
-                [run_id, *(v for pair in part for v in pair)],
-            )
+        metric_blocks_rebuild(run_ids=[run_id], keys=keys)
 
 
 @transaction.atomic

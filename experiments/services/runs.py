@@ -633,9 +633,9 @@ def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
     else:
         added = _bulk_insert_metrics(list(rows))
         _upsert_latest(list(latest.values()))
-        # Chart rollups (MetricBlock), same transaction; on PostgreSQL inside the statement above.
+        # Chart rollups (MetricBlock): a trigger on SQLite, the statement itself on PostgreSQL.
         if added:
-            metric_blocks_add(run_id=run.pk, rows=list(rows), all_new=added == len(rows))
+            metric_blocks_add(run_id=run.pk, keys=latest)
     if added:
         # Cached chart series of this run go stale once the new points are visible to readers.
         transaction.on_commit(partial(series_version_bump, run.pk))
