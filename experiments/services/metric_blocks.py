@@ -185,10 +185,8 @@ def metric_blocks_rebuild(
     changed by hand. Returns the number of blocks written. The models may be a migration's
     historical models."""
     blocks, points = block_model._meta.db_table, metric_model._meta.db_table
-    ids = (
-        sorted(set(run_ids)) if run_ids is not None
-        else list(metric_model.objects.order_by().values_list("run_id", flat=True).distinct())
-    )
+    run_model = metric_model._meta.get_field("run").related_model
+    ids = sorted(set(run_ids) if run_ids is not None else run_model.objects.values_list("pk", flat=True))
     key_list = sorted(set(keys)) if keys is not None else None
     written = 0
     for start in range(0, len(ids), runs_per_statement):
