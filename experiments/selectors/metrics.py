@@ -169,16 +169,20 @@ def _grid_arrays(grids: dict[int, Grid], shift_offset: int = 0) -> list[list[int
     return [ids, [grids[i][0] - shift_offset for i in ids], [grids[i][1] for i in ids], [grids[i][2] for i in ids]]
 
 
+# Arrays are unpacked in SQL: ten scalar columns per bucket parse several times faster than four arrays.
+_UNPACK = "q.n, (q.f)[1], (q.f)[2], (q.l)[1], (q.l)[2], (q.lo)[2], (q.lo)[1], (q.hi)[2], (q.hi)[1], q.gap"
+
+
 def _bucket_rows_postgresql(sql: str, params: list[object]) -> Iterator[tuple]:
     with connection.cursor() as cursor:  # (settings turn PostgreSQL's JIT off: ~100 ms here for nothing)
         cursor.execute(sql, params)
-        for run_id, n, first, last, lo, hi, gap in cursor.fetchall():
+        for run_id, n, fs, fv, ls, lv, los, lov, his, hiv, gap in cursor.fetchall():
             yield (
                 run_id, n,
-                (int(first[0]), first[1]) if first else None,
-                (int(last[0]), last[1]) if last else None,
-                (int(lo[1]), lo[0]) if lo else None,
-                (int(hi[1]), hi[0]) if hi else None,
+                None if fs is None else (int(fs), fv),
+                None if ls is None else (int(ls), lv),
+                None if los is None else (int(los), lov),
+                None if his is None else (int(his), hiv),
                 gap,
             )
 
@@ -194,36 +198,49 @@ def _buckets_postgresql(grids: dict[int, Grid], key: str, buckets: int) -> Itera
     sql = f"""
         WITH b(run_id, sh, base, units) AS (
             SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]))
-        SELECT m.run_id, count(*),
-               min(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}),
-               max(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}),
-               min(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}),
-               max(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}),
-               min(m.step) FILTER (WHERE NOT {_FINITE})
-        FROM {metric} m JOIN b ON m.run_id = b.run_id
-        WHERE m.key = %s
-        GROUP BY m.run_id, (((m.step >> b.sh) - b.base) * %s) / b.units
+        SELECT q.run_id, {_UNPACK} FROM (
+            SELECT m.run_id, count(*) AS n,
+                   min(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}) AS f,
+                   max(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}) AS l,
+                   min(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}) AS lo,
+                   max(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}) AS hi,
+                   min(m.step) FILTER (WHERE NOT {_FINITE}) AS gap
+            FROM {metric} m JOIN b ON m.run_id = b.run_id
+            WHERE m.key = %s
+            GROUP BY m.run_id, (((m.step >> b.sh) - b.base) * %s) / b.units
+        ) q
     """
     return _bucket_rows_postgresql(sql, [*_grid_arrays(grids), key, buckets])
 
 
 def _block_buckets_postgresql(grids: dict[int, Grid], key: str, buckets: int) -> Iterator[tuple]:
-    """The same rows from MetricBlock: each bucket folds its whole blocks (~64x fewer rows)."""
+    """The same rows from MetricBlock: each bucket folds its whole blocks (~64x fewer rows than points).
+
+    Bucket i holds the units u with (u - base) * buckets // units == i, i.e. base + ceil(i * units /
+    buckets) <= u < base + ceil((i + 1) * units / buckets); one index range scan and aggregate per
+    bucket (LATERAL). A single GROUP BY over the bucket expression would sort every block row first
+    (the planner cannot know there are only `buckets` groups), spilling to disk at ~100k blocks."""
     block = connection.ops.quote_name(MetricBlock._meta.db_table)
     sql = f"""
         WITH b(run_id, sh, base, units) AS (
-            SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]))
-        SELECT k.run_id, sum(k.points)::bigint,
-               min(ARRAY[k.first_step::float8, k.first_value]) FILTER (WHERE k.first_step IS NOT NULL),
-               max(ARRAY[k.last_step::float8, k.last_value]) FILTER (WHERE k.last_step IS NOT NULL),
-               min(ARRAY[k.min_value, k.min_step::float8]) FILTER (WHERE k.min_step IS NOT NULL),
-               max(ARRAY[k.max_value, k.max_step::float8]) FILTER (WHERE k.max_step IS NOT NULL),
-               min(k.gap_step)
-        FROM {block} k JOIN b ON k.run_id = b.run_id
-        WHERE k.key = %s
-        GROUP BY k.run_id, (((k.block >> b.sh) - b.base) * %s) / b.units
+            SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[])),
+        e AS (
+            SELECT b.run_id, (b.base + (g.i * b.units + %s - 1) / %s) << b.sh AS lo,
+                   (b.base + ((g.i + 1) * b.units + %s - 1) / %s) << b.sh AS hi
+            FROM b, generate_series(0, %s - 1) AS g(i))
+        SELECT e.run_id, {_UNPACK} FROM e, LATERAL (
+            SELECT sum(k.points)::bigint AS n,
+                   min(ARRAY[k.first_step::float8, k.first_value]) FILTER (WHERE k.first_step IS NOT NULL) AS f,
+                   max(ARRAY[k.last_step::float8, k.last_value]) FILTER (WHERE k.last_step IS NOT NULL) AS l,
+                   min(ARRAY[k.min_value, k.min_step::float8]) FILTER (WHERE k.min_step IS NOT NULL) AS lo,
+                   max(ARRAY[k.max_value, k.max_step::float8]) FILTER (WHERE k.max_step IS NOT NULL) AS hi,
+                   min(k.gap_step) AS gap
+            FROM {block} k WHERE k.run_id = e.run_id AND k.key = %s AND k.block >= e.lo AND k.block < e.hi
+        ) q
+        WHERE q.n IS NOT NULL
     """
-    return _bucket_rows_postgresql(sql, [*_grid_arrays(grids, METRIC_BLOCK_SHIFT), key, buckets])
+    params = [*_grid_arrays(grids, METRIC_BLOCK_SHIFT), *[buckets] * 5, key]
+    return _bucket_rows_postgresql(sql, params)
 
 
 def _buckets_sqlite(grids: dict[int, Grid], key: str, buckets: int) -> Iterator[tuple]:
