@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Model
 
 from ..models import METRIC_BLOCK_SHIFT, Metric, MetricBlock
 
@@ -36,11 +38,11 @@ BLOCK_COLUMNS = (
 Rollup = list
 
 
-def _least(a, b):
+def _least(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else min(a, b)
 
 
-def _greatest(a, b):
+def _greatest(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else max(a, b)
 
 
@@ -176,8 +178,8 @@ def metric_blocks_add(*, run_id: int, keys: Iterable[str]) -> None:
 
 @transaction.atomic
 def metric_blocks_rebuild(
-    *, run_ids: Iterable[int] | None = None, keys: Iterable[str] | None = None, metric_model=Metric,
-    block_model=MetricBlock, runs_per_statement: int = 50,
+    *, run_ids: Iterable[int] | None = None, keys: Iterable[str] | None = None,
+    metric_model: type[Model] = Metric, block_model: type[Model] = MetricBlock, runs_per_statement: int = 50,
 ) -> int:
     """Recompute blocks from the stored points (all runs, or `run_ids`; all keys, or `keys`).
 
@@ -213,7 +215,9 @@ def _rebuild_postgresql(points: str, blocks: str, run_ids: list[int], keys: list
         return max(cursor.rowcount, 0)
 
 
-def _rebuild_python(metric_model, block_model, run_ids: list[int], keys: list[str] | None) -> int:
+def _rebuild_python(
+    metric_model: type[Model], block_model: type[Model], run_ids: list[int], keys: list[str] | None
+) -> int:
     written = 0
     for run_id in run_ids:
         points = metric_model.objects.filter(run_id=run_id).order_by()
