@@ -512,6 +512,41 @@ class Metric(models.Model):
         return f"{self.key}@{self.step}={'NaN' if self.is_nan else self.value}"
 
 
+# Steps per MetricBlock, as a shift: block = step >> METRIC_BLOCK_SHIFT (floor division, negative steps too).
+# 64 steps: a 1000-point log-batch over 10 keys touches ~25 blocks, and a chart of 250 buckets can use
+# blocks from 16k steps up, where reading raw points is still cheap; 10M points are 156k block rows.
+METRIC_BLOCK_SHIFT = 6
+
+
+class MetricBlock(models.Model):
+    """Rollup of one metric series over one block of 2**METRIC_BLOCK_SHIFT steps, kept exact at ingest
+    (services/metric_blocks.py) so charts aggregate blocks instead of millions of points.
+
+    Same definitions as the chart downsampler over the block's points: `points` counts all of them;
+    first/last are the least/greatest (step, value) and min/max the least/greatest (value, step) among
+    finite values (NULL when none is finite); gap_step is the lowest step holding NaN or +/-Inf."""
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="metric_blocks", db_index=False)
+    key = models.CharField(max_length=250)
+    block = models.BigIntegerField()
+    points = models.BigIntegerField()
+    first_step = models.BigIntegerField(null=True)
+    first_value = models.FloatField(null=True)
+    last_step = models.BigIntegerField(null=True)
+    last_value = models.FloatField(null=True)
+    min_step = models.BigIntegerField(null=True)
+    min_value = models.FloatField(null=True)
+    max_step = models.BigIntegerField(null=True)
+    max_value = models.FloatField(null=True)
+    gap_step = models.BigIntegerField(null=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "key", "block"], name="uniq_metric_block")]
+
+    def __str__(self) -> str:
+        return f"{self.key}@block {self.block} ({self.points} points)"
+
+
 class LatestMetric(models.Model):
     """Latest value per (run, key): the value at the highest step, then timestamp."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from experiments.charts import figure_payload, metric_chart, parallel_coordinates, run_color
+from experiments.charts import figure_payload, metric_chart, metric_chart_spec, parallel_coordinates, run_color
 from experiments.selectors.metrics import Series
 from experiments.selectors.runs import CompareRow, Comparison
 
@@ -91,3 +91,17 @@ def test_parallel_coordinates_needs_two_runs():
     comparison = _comparison()
     comparison.runs = comparison.runs[:1]
     assert parallel_coordinates(comparison=comparison) is None
+
+
+def test_metric_chart_spec_is_the_json_plotly_would_send():
+    # The chart endpoints send the plain spec (no plotly validation); it must be what the Figure gives.
+    series = [
+        Series(run_id=1, label="a<b>", steps=[0, 1, 2, 3], values=[0.5, None, 2.0, 1.7976931348623157e308],
+               total_points=4),
+        Series(run_id=2, label="base", steps=[5], values=[1.0], total_points=1, is_baseline=True),
+    ]
+    for extra in ({}, {"threshold": 0.5, "direction": "maximize"}):
+        spec = metric_chart_spec(key="loss", series=series, colors={2: "#123456"}, **extra)
+        through_plotly = figure_payload(metric_chart(key="loss", series=series, colors={2: "#123456"}, **extra))
+        assert json.loads(json.dumps(spec, allow_nan=False)) == through_plotly["figure"]
+        assert spec["data"][0]["y"] == [0.5, None, 2.0, None]

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from experiments.models import METRIC_BLOCK_SHIFT
 from experiments.selectors.metrics import MAX_POINTS, downsample, format_value, metric_series
 from experiments.services.runs import MetricPoint, run_create, run_log_batch
 
@@ -145,11 +146,15 @@ def test_metric_series_streams_and_downsamples_stored_points(team, member):
 
 
 def _expected_extremes(steps: list[int], values: list[float], buckets: int) -> list[tuple]:
-    """Per step bucket (the database's definition): (step, value) of the first, last, min and max."""
+    """Per step bucket (the database's definition): (step, value) of the first, last, min and max.
+
+    Series spanning at least 64 steps per bucket are bucketed by whole MetricBlocks (64 steps)."""
     lo, hi = steps[0], steps[-1]
+    shift = METRIC_BLOCK_SHIFT if hi - lo + 1 >= buckets * 64 else 0
+    units = (hi >> shift) - (lo >> shift) + 1
     groups: dict[int, list[tuple[int, float]]] = {}
     for step, value in zip(steps, values, strict=True):
-        groups.setdefault((step - lo) * buckets // (hi - lo + 1), []).append((step, value))
+        groups.setdefault(((step >> shift) - (lo >> shift)) * buckets // units, []).append((step, value))
     out = []
     for points in groups.values():
         out += [points[0], points[-1], min(points, key=lambda p: (p[1], p[0])),

@@ -15,12 +15,14 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import OuterRef, Subquery
 
-from ..models import Card, CardRun, LatestMetric, Metric, Run
+from ..models import METRIC_BLOCK_SHIFT, Card, CardRun, LatestMetric, Metric, MetricBlock, Run
+from ..services.metric_blocks import rollup_merge
 
 MAX_POINTS = 1000
 
@@ -138,60 +140,133 @@ def _bounds(run_ids: Sequence[int], key: str) -> dict[int, tuple[int, int]]:
 _FINITE = "(NOT m.is_nan AND m.value <> 'Infinity'::float8 AND m.value <> '-Infinity'::float8)"
 _SQLITE_FINITE = "(m.is_nan = 0 AND m.value NOT IN (9e999, -9e999))"
 
+# The bucket grid of a series. bucket(step) = ((step >> shift) - base) * buckets // units, with
+# units = (hi >> shift) - (lo >> shift) + 1: integer arithmetic, the same on every backend and in
+# Python. Long series (a step range of at least buckets * 64) use shift >= METRIC_BLOCK_SHIFT, so
+# bucket edges fall on MetricBlock edges and every bucket is a run of whole blocks: its first, last,
+# minimum and maximum are exactly those of its blocks, and no raw point is read. Buckets then differ
+# in width by at most one block (64 steps) instead of one step, invisible at chart scale. Shorter
+# series keep a per-step grid (shift 0) over raw points: at most ~16k points per series.
+Grid = tuple[int, int, int]  # (shift, base, units)
 
-def _buckets_postgresql(bounds: dict[int, tuple[int, int]], key: str, buckets: int) -> Iterator[tuple]:
-    """(run_id, count, first, last, min, max, gap_step) per step bucket, aggregated by PostgreSQL.
 
-    first/last/min/max are [step, value] / [value, step] arrays so each aggregate carries its
-    point's step; only finite values take part, and gap_step is the first NaN/Inf of the bucket.
-    """
-    metric = connection.ops.quote_name(Metric._meta.db_table)
-    ids = list(bounds)
-    sql = f"""
-        WITH b(run_id, lo, hi) AS (SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::float8[]))
-        SELECT m.run_id, count(*),
-               min(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}),
-               max(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}),
-               min(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}),
-               max(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}),
-               min(m.step) FILTER (WHERE NOT {_FINITE})
-        FROM {metric} m JOIN b ON m.run_id = b.run_id
-        WHERE m.key = %s
-        GROUP BY m.run_id, width_bucket(m.step::float8, b.lo, b.hi + 1, %s)
-    """
+def _grid(lo: int, hi: int, buckets: int) -> Grid:
+    shift = METRIC_BLOCK_SHIFT if hi - lo + 1 >= buckets << METRIC_BLOCK_SHIFT else 0
+    while True:
+        units = (hi >> shift) - (lo >> shift) + 1
+        if units * buckets < 1 << 62:  # steps spanning more than ~2**54: coarser units, no overflow
+            return shift, lo >> shift, units
+        shift += 1
+
+
+def bucket_of(step: int, grid: Grid, buckets: int) -> int:
+    shift, base, units = grid
+    return ((step >> shift) - base) * buckets // units
+
+
+def _grid_arrays(grids: dict[int, Grid], shift_offset: int = 0) -> list[list[int]]:
+    ids = list(grids)
+    return [ids, [grids[i][0] - shift_offset for i in ids], [grids[i][1] for i in ids], [grids[i][2] for i in ids]]
+
+
+# Arrays are unpacked in SQL: ten scalar columns per bucket parse several times faster than four arrays.
+_UNPACK = "q.n, (q.f)[1], (q.f)[2], (q.l)[1], (q.l)[2], (q.lo)[2], (q.lo)[1], (q.hi)[2], (q.hi)[1], q.gap"
+
+
+def _bucket_rows_postgresql(sql: str, params: list[object]) -> Iterator[tuple]:
     with connection.cursor() as cursor:  # (settings turn PostgreSQL's JIT off: ~100 ms here for nothing)
-        cursor.execute(
-            sql, [ids, [bounds[i][0] for i in ids], [bounds[i][1] for i in ids], key, buckets]
-        )
-        for run_id, n, first, last, lo, hi, gap in cursor.fetchall():
+        cursor.execute(sql, params)
+        for run_id, n, fs, fv, ls, lv, los, lov, his, hiv, gap in cursor.fetchall():
             yield (
                 run_id, n,
-                (int(first[0]), first[1]) if first else None,
-                (int(last[0]), last[1]) if last else None,
-                (int(lo[1]), lo[0]) if lo else None,
-                (int(hi[1]), hi[0]) if hi else None,
+                None if fs is None else (int(fs), fv),
+                None if ls is None else (int(ls), lv),
+                None if los is None else (int(los), lov),
+                None if his is None else (int(his), hiv),
                 gap,
             )
 
 
-def _buckets_sqlite(bounds: dict[int, tuple[int, int]], key: str, buckets: int) -> Iterator[tuple]:
-    """The same aggregates on SQLite: integer-division buckets, and SQLite's documented rule that a
-    bare column next to a single min()/max() comes from that row, one grouped pass per aggregate."""
+def _buckets_postgresql(grids: dict[int, Grid], key: str, buckets: int) -> Iterator[tuple]:
+    """(run_id, count, first, last, min, max, gap_step) per bucket from raw points, by PostgreSQL.
+
+    first/last/min/max are [step, value] / [value, step] arrays so each aggregate carries its
+    point's step (the least (step, value) is the first, the least (value, step) the minimum); only
+    finite values take part, and gap_step is the first NaN/Inf of the bucket.
+    """
     metric = connection.ops.quote_name(Metric._meta.db_table)
-    values = ", ".join("(%s, %s, %s)" for _ in bounds)
-    params: list[object] = [x for run_id, (lo, hi) in bounds.items() for x in (run_id, lo, hi)]
     sql = f"""
-        WITH b(run_id, lo, hi) AS (VALUES {values}),
+        WITH b(run_id, sh, base, units) AS (
+            SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[]))
+        SELECT q.run_id, {_UNPACK} FROM (
+            SELECT m.run_id, count(*) AS n,
+                   min(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}) AS f,
+                   max(ARRAY[m.step::float8, m.value]) FILTER (WHERE {_FINITE}) AS l,
+                   min(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}) AS lo,
+                   max(ARRAY[m.value, m.step::float8]) FILTER (WHERE {_FINITE}) AS hi,
+                   min(m.step) FILTER (WHERE NOT {_FINITE}) AS gap
+            FROM {metric} m JOIN b ON m.run_id = b.run_id
+            WHERE m.key = %s
+            GROUP BY m.run_id, (((m.step >> b.sh) - b.base) * %s) / b.units
+        ) q
+    """
+    return _bucket_rows_postgresql(sql, [*_grid_arrays(grids), key, buckets])
+
+
+def _block_buckets_postgresql(grids: dict[int, Grid], key: str, buckets: int) -> Iterator[tuple]:
+    """The same rows from MetricBlock: each bucket folds its whole blocks (~64x fewer rows than points).
+
+    Bucket i holds the units u with (u - base) * buckets // units == i, i.e. base + ceil(i * units /
+    buckets) <= u < base + ceil((i + 1) * units / buckets); one index range scan and aggregate per
+    bucket (LATERAL). A single GROUP BY over the bucket expression would sort every block row first
+    (the planner cannot know there are only `buckets` groups), spilling to disk at ~100k blocks."""
+    block = connection.ops.quote_name(MetricBlock._meta.db_table)
+    sql = f"""
+        WITH b(run_id, sh, base, units) AS (
+            SELECT * FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::bigint[])),
+        e AS (
+            SELECT b.run_id, (b.base + (g.i * b.units + %s - 1) / %s) << b.sh AS lo,
+                   (b.base + ((g.i + 1) * b.units + %s - 1) / %s) << b.sh AS hi
+            FROM b, generate_series(0, %s - 1) AS g(i))
+        SELECT e.run_id, {_UNPACK} FROM e, LATERAL (
+            SELECT sum(k.points)::bigint AS n,
+                   min(ARRAY[k.first_step::float8, k.first_value]) FILTER (WHERE k.first_step IS NOT NULL) AS f,
+                   max(ARRAY[k.last_step::float8, k.last_value]) FILTER (WHERE k.last_step IS NOT NULL) AS l,
+                   min(ARRAY[k.min_value, k.min_step::float8]) FILTER (WHERE k.min_step IS NOT NULL) AS lo,
+                   max(ARRAY[k.max_value, k.max_step::float8]) FILTER (WHERE k.max_step IS NOT NULL) AS hi,
+                   min(k.gap_step) AS gap
+            FROM {block} k WHERE k.run_id = e.run_id AND k.key = %s AND k.block >= e.lo AND k.block < e.hi
+        ) q
+        WHERE q.n IS NOT NULL
+    """
+    params = [*_grid_arrays(grids, METRIC_BLOCK_SHIFT), *[buckets] * 5, key]
+    return _bucket_rows_postgresql(sql, params)
+
+
+def _buckets_sqlite(grids: dict[int, Grid], key: str, buckets: int) -> Iterator[tuple]:
+    """The same aggregates on SQLite, one grouped pass per aggregate. SQLite's documented rule that a
+    bare column next to a single min()/max() comes from that row gives each aggregate its point; ties
+    (one step logged twice, one value at two steps) are settled like PostgreSQL's arrays by first
+    narrowing to the rows at the group's least/greatest step (or value)."""
+    metric = connection.ops.quote_name(Metric._meta.db_table)
+    values = ", ".join("(%s, %s, %s, %s)" for _ in grids)
+    params: list[object] = [x for run_id, grid in grids.items() for x in (run_id, *grid)]
+    sql = f"""
+        WITH b(run_id, sh, base, units) AS (VALUES {values}),
         p AS (
-            SELECT m.run_id AS run_id, ((m.step - b.lo) * %s) / (b.hi - b.lo + 1) AS bucket, m.step AS step,
-                   m.value AS value, {_SQLITE_FINITE} AS fin
+            SELECT m.run_id AS run_id, (((m.step >> b.sh) - b.base) * %s) / b.units AS bucket,
+                   m.step AS step, m.value AS value, {_SQLITE_FINITE} AS fin
             FROM {metric} m JOIN b ON m.run_id = b.run_id WHERE m.key = %s
         )
         SELECT run_id, bucket, 'n', count(*), NULL FROM p GROUP BY run_id, bucket
-        UNION ALL SELECT run_id, bucket, 'f', min(step), value FROM p WHERE fin GROUP BY run_id, bucket
-        UNION ALL SELECT run_id, bucket, 'l', max(step), value FROM p WHERE fin GROUP BY run_id, bucket
-        UNION ALL SELECT run_id, bucket, 'lo', step, min(value) FROM p WHERE fin GROUP BY run_id, bucket
-        UNION ALL SELECT run_id, bucket, 'hi', step, max(value) FROM p WHERE fin GROUP BY run_id, bucket
+        UNION ALL SELECT run_id, bucket, 'f', step, min(value) FROM p WHERE fin AND (run_id, bucket, step) IN
+            (SELECT run_id, bucket, min(step) FROM p WHERE fin GROUP BY run_id, bucket) GROUP BY run_id, bucket
+        UNION ALL SELECT run_id, bucket, 'l', step, max(value) FROM p WHERE fin AND (run_id, bucket, step) IN
+            (SELECT run_id, bucket, max(step) FROM p WHERE fin GROUP BY run_id, bucket) GROUP BY run_id, bucket
+        UNION ALL SELECT run_id, bucket, 'lo', min(step), value FROM p WHERE fin AND (run_id, bucket, value) IN
+            (SELECT run_id, bucket, min(value) FROM p WHERE fin GROUP BY run_id, bucket) GROUP BY run_id, bucket
+        UNION ALL SELECT run_id, bucket, 'hi', max(step), value FROM p WHERE fin AND (run_id, bucket, value) IN
+            (SELECT run_id, bucket, max(value) FROM p WHERE fin GROUP BY run_id, bucket) GROUP BY run_id, bucket
         UNION ALL SELECT run_id, bucket, 'g', min(step), NULL FROM p WHERE NOT fin GROUP BY run_id, bucket
     """
     params += [buckets, key]
@@ -203,6 +278,28 @@ def _buckets_sqlite(bounds: dict[int, tuple[int, int]], key: str, buckets: int) 
             group[what] = step if what in ("n", "g") else (step, value)
     for (run_id, _), g in groups.items():
         yield run_id, g.get("n", 0), g.get("f"), g.get("l"), g.get("lo"), g.get("hi"), g.get("g")
+
+
+def _block_buckets_python(grids: dict[int, Grid], key: str, buckets: int) -> Iterator[tuple]:
+    """Block buckets folded in Python (SQLite and other backends: development-sized data)."""
+    groups: dict[tuple[int, int], list] = {}
+    rows = (
+        MetricBlock.objects.filter(run_id__in=list(grids), key=key).order_by()
+        .values_list("run_id", "block", "points", "first_step", "first_value", "last_step", "last_value",
+                     "min_step", "min_value", "max_step", "max_value", "gap_step")
+    )
+    for run_id, block, n, fs, fv, ls, lv, ns, nv, xs, xv, gap in rows.iterator(chunk_size=5000):
+        shift, base, units = grids[run_id]
+        bucket = ((block >> (shift - METRIC_BLOCK_SHIFT)) - base) * buckets // units
+        part = [n, None if fs is None else (fs, fv), None if ls is None else (ls, lv),
+                None if ns is None else (nv, ns), None if xs is None else (xv, xs), gap]
+        group = groups.get((run_id, bucket))
+        if group is None:
+            groups[(run_id, bucket)] = part
+        else:
+            rollup_merge(group, part)
+    for (run_id, _), (n, first, last, lo, hi, gap) in groups.items():
+        yield run_id, n, first, last, lo and (lo[1], lo[0]), hi and (hi[1], hi[0]), gap
 
 
 def _raw_points(run_ids: Sequence[int], key: str) -> dict[int, tuple[list[int], list[float | None]]]:
@@ -221,14 +318,15 @@ def _raw_points(run_ids: Sequence[int], key: str) -> dict[int, tuple[list[int], 
 
 
 def _downsampled_in_db(
-    run_ids: Sequence[int], key: str, max_points: int
+    run_ids: Sequence[int], key: str, max_points: int, *, source: str = "auto"
 ) -> dict[int, tuple[list[int], list[float | None], int]]:
     """(steps, values, total points) per run that has `key`, with at most `max_points` points each.
 
-    The database groups each series into max_points // 4 step buckets and returns first, last,
-    minimum and maximum (and the first NaN/Inf, drawn as a gap) per bucket, so at most a few
-    thousand rows cross the wire whatever the series' length. Series that fit the budget come
-    back whole.
+    Each series is cut into max_points // 4 step buckets (see _grid) and the database returns the
+    first, last, minimum and maximum (and the first NaN/Inf, drawn as a gap) per bucket: from
+    MetricBlock rollups for long series, from raw points for short ones, so at most a few thousand
+    rows cross the wire whatever the series' length. Series that fit the budget come back whole.
+    `source` = "raw" forces raw points on the same grid (tests compare both).
     """
     if max_points < 4:
         raise ValueError("max_points must be at least 4")
@@ -236,10 +334,18 @@ def _downsampled_in_db(
     if not bounds:
         return {}
     buckets = max_points // 4
-    rows = (_buckets_postgresql if connection.vendor == "postgresql" else _buckets_sqlite)(bounds, key, buckets)
+    grids = {run_id: _grid(lo, hi, buckets) for run_id, (lo, hi) in bounds.items()}
+    from_blocks = {i: g for i, g in grids.items() if g[0] >= METRIC_BLOCK_SHIFT and source != "raw"}
+    from_points = {i: g for i, g in grids.items() if i not in from_blocks}
+    postgresql = connection.vendor == "postgresql"
+    rows: list[Iterable[tuple]] = []
+    if from_blocks:
+        rows.append((_block_buckets_postgresql if postgresql else _block_buckets_python)(from_blocks, key, buckets))
+    if from_points:
+        rows.append((_buckets_postgresql if postgresql else _buckets_sqlite)(from_points, key, buckets))
     picked: dict[int, list[tuple[int, int, float | None]]] = {}
     totals: dict[int, int] = {}
-    for run_id, n, first, last, lo, hi, gap in rows:
+    for run_id, n, first, last, lo, hi, gap in chain.from_iterable(rows):
         totals[run_id] = totals.get(run_id, 0) + n
         points = {p for p in (first, lo, hi, last) if p is not None}
         if gap is not None:

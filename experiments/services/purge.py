@@ -22,6 +22,7 @@ from ..models import (
     IterationItem,
     LatestMetric,
     Metric,
+    MetricBlock,
     Param,
     PurgeRecord,
     Run,
@@ -61,7 +62,7 @@ def _purge_cards(counts: Counter, cards: QuerySet) -> None:
 
 def _purge_runs(counts: Counter, runs: QuerySet) -> None:
     ids = list(runs.values_list("pk", flat=True))
-    for model in (CardRun, Metric, LatestMetric, Param):
+    for model in (CardRun, Metric, MetricBlock, LatestMetric, Param):
         _delete(counts, model.objects.filter(run_id__in=ids))
     _delete(counts, Run.objects.filter(pk__in=ids))
 

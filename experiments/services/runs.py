@@ -48,6 +48,8 @@ from ..models import (
 )
 from ..selectors.metrics import series_version_bump
 from .cards import card_flag, card_move_to_stage, event_record
+from .metric_blocks import metric_blocks_add
+from .metric_blocks import postgresql_upsert_cte as metric_blocks_upsert_cte
 from .verdicts import hypothesis_freeze, verdict_progress
 
 CARD_TAG = "mlboard.card"
@@ -652,6 +654,9 @@ def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
     else:
         added = _bulk_insert_metrics(list(rows))
         _upsert_latest(list(latest.values()))
+        # Chart rollups (MetricBlock): a trigger on SQLite, the statement itself on PostgreSQL.
+        if added:
+            metric_blocks_add(run_id=run.pk, keys=latest)
     if added:
         # Cached chart series of this run go stale once the new points are visible to readers.
         transaction.on_commit(partial(series_version_bump, run.pk))
@@ -678,13 +683,16 @@ def _log_metrics_postgresql(rows: Sequence[tuple], latest: Sequence[tuple]) -> i
     columns = ", ".join(qn(c) for c in _METRIC_COLUMNS)
     metric, latest_table = qn(Metric._meta.db_table), qn(LatestMetric._meta.db_table)
     sql = (
-        f"WITH added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK} ON CONFLICT DO NOTHING RETURNING 1), "
-        f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK} {_latest_conflict()}) "
+        f"WITH added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK} ON CONFLICT DO NOTHING "
+        f"RETURNING {qn('key')}, {qn('value')}, {qn('is_nan')}, {qn('step')}), "
+        f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK} {_latest_conflict()}), "
+        # Chart rollups (MetricBlock) of the points that were new: see services/metric_blocks.py.
+        f"blocks AS ({metric_blocks_upsert_cte('added')}) "
         "SELECT count(*) FROM added"
     )
     run_id = rows[0][0]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [run_id, _json_rows(rows), run_id, _json_rows(latest)])
+        cursor.execute(sql, [run_id, _json_rows(rows), run_id, _json_rows(latest), run_id])
         return cursor.fetchone()[0]
 
 

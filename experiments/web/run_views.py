@@ -295,7 +295,7 @@ def run_metric_chart(request: HttpRequest, team_slug: str) -> JsonResponse:
 def _chart_response(
     *, key: str, series: list, colors: dict[int, str], threshold: float | None = None, direction: str = ""
 ) -> JsonResponse:
-    fig = charts.metric_chart(key=key, series=series, colors=colors, threshold=threshold, direction=direction)
+    fig = charts.metric_chart_spec(key=key, series=series, colors=colors, threshold=threshold, direction=direction)
     payload = charts.figure_payload(
         fig,
         key=key,
