@@ -316,6 +316,8 @@ ARTIFACT_ROOT = os.environ.get("ARTIFACT_ROOT", str(BASE_DIR / "artifacts"))
 ARTIFACT_S3_BUCKET = os.environ.get("ARTIFACT_S3_BUCKET", "")
 # Largest single artifact accepted (bytes); 0 means no limit.
 ARTIFACT_MAX_FILE_SIZE = int(os.environ.get("ARTIFACT_MAX_FILE_SIZE", str(20 * 1024**3)))
+# The artifact index row commits without waiting for the WAL flush (PostgreSQL): see services.artifacts._index.
+ARTIFACT_INDEX_ASYNC_COMMIT = env_bool("ARTIFACT_INDEX_ASYNC_COMMIT", True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

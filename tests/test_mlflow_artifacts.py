@@ -23,9 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from experiments.models import ArtifactFile, Role, Run
+from experiments.models import ArtifactFile, Membership, Role, Run
 from experiments.services.boards import membership_set
-from experiments.services.tokens import token_create
+from experiments.services.teams import membership_remove
+from experiments.services.tokens import token_authenticate, token_create, token_revoke
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -572,3 +573,40 @@ def test_membership_role_change_applies_at_once(
         assert _code(denied) == "PERMISSION_DENIED"
         membership_set(team=team, user=member, role=Role.MEMBER)
         mlflow.log_artifact(str(file), "again")
+
+
+# --- Per-request cost -----------------------------------------------------------------------------
+
+
+ARTIFACTS_API = "/mlflow/api/2.0/mlflow-artifacts/artifacts"
+
+
+@pytest.mark.parametrize("size", [1024, 2 * 1024**2 + 7])  # one chunk, three chunks
+def test_upload_query_count_is_constant(client, member_token, team, local_root, django_assert_num_queries, size):
+    """A PUT costs the token (with the caller's role, same query) and the index upsert, whatever the
+    file size: small files are dominated by per-request work."""
+    key = f"teams/{team.pk}/0/r/artifacts/blob.bin"
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {member_token}"}
+    token_authenticate(secret=member_token)  # last-used is fresh: no per-minute update in the count
+    body = os.urandom(size)
+    with django_assert_num_queries(2):
+        response = client.put(f"{ARTIFACTS_API}/{key}", body, content_type="application/octet-stream", **headers)
+    assert response.status_code == 200, response.content
+    assert (local_root / key).read_bytes() == body
+    assert ArtifactFile.objects.get(path=key).size == size
+
+
+def test_revocation_and_leaving_the_team_apply_to_the_next_upload(client, member, member_token, team, local_root):
+    """Nothing about the token or the membership is cached between requests."""
+    url = f"{ARTIFACTS_API}/teams/{team.pk}/0/r/artifacts/a.txt"
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {member_token}"}
+    assert client.put(url, b"1", content_type="text/plain", **headers).status_code == 200
+    membership_remove(membership=Membership.objects.get(team=team, user=member))
+    left = client.put(url, b"2", content_type="text/plain", **headers)
+    assert left.status_code == 403 and "no longer a member" in left.json()["message"]
+    membership_set(team=team, user=member, role=Role.MEMBER)
+    assert client.put(url, b"3", content_type="text/plain", **headers).status_code == 200
+    token_revoke(token=token_authenticate(secret=member_token))
+    revoked = client.put(url, b"4", content_type="text/plain", **headers)
+    assert revoked.status_code == 401 and revoked.json()["error_code"] == "UNAUTHENTICATED"
+    assert (local_root / f"teams/{team.pk}/0/r/artifacts/a.txt").read_text() == "3"

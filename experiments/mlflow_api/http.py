@@ -165,14 +165,15 @@ def _membership_for(token: ApiToken) -> Membership:
     """The token's team; a token without one logs into the user's only team, and is pinned to it
     from then on (a running job must not stop logging when its user joins a second team)."""
     if token.team_id is not None:
-        membership = Membership.objects.select_related("team").filter(user_id=token.user_id, team_id=token.team_id)
-        found = membership.first()
-        if found is None:
+        # Read along with the token (token_authenticate): the role is current on every request.
+        member_id = getattr(token, "member_id", None)
+        if member_id is None:
             raise MlflowApiError(
                 "PERMISSION_DENIED",
                 f"This token is bound to team '{token.team.slug}', which you are no longer a member of.",
             )
-        return found
+        role = token.member_role  # type: ignore[attr-defined]
+        return Membership(pk=member_id, user=token.user, team=token.team, role=role)
     memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
     if len(memberships) == 1:
         token_bind_team(token=token, team=memberships[0].team)

@@ -4,10 +4,11 @@ import hashlib
 import secrets
 
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from ..errors import DomainError
-from ..models import ApiToken, Team, User
+from ..models import ApiToken, Membership, Team, User
 
 TOKEN_PREFIX = "mlb_"
 
@@ -30,8 +31,13 @@ def token_create(*, user: User, name: str, team: Team | None = None) -> tuple[Ap
 
 
 def token_authenticate(*, secret: str) -> ApiToken | None:
+    """The live token for `secret`, with its user and team, and (same query: one round trip per API
+    request, not two) `member_id` and `member_role`: the user's current membership of the token's
+    team, None when the token is unbound or the user has left that team."""
+    member = Membership.objects.filter(user_id=OuterRef("user_id"), team_id=OuterRef("team_id"))
     token = (
         ApiToken.objects.select_related("user", "team")
+        .annotate(member_id=Subquery(member.values("pk")[:1]), member_role=Subquery(member.values("role")[:1]))
         .filter(digest=_digest(secret), revoked_at__isnull=True, user__is_active=True)
         .first()
     )
