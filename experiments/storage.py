@@ -8,7 +8,7 @@ one is configured:
 
 The extension is what the MLflow artifact proxy needs and plain ``Storage.save`` cannot give:
 streamed writes with a byte limit (never a whole file in memory), streamed reads, and multipart
-uploads (a real S3 multipart upload; on disk, parts assembled into the final file). Keys are
+uploads (a real S3 multipart upload; on disk, parts written in place in the final file). Keys are
 already validated and team-scoped by services.artifacts; backends still refuse anything that
 resolves outside their root (symlinks included).
 """
@@ -69,7 +69,10 @@ class ArtifactStorage(Protocol):
     def size(self, name: str) -> int: ...
     def delete(self, name: str) -> None: ...
     def mpu_create(self, name: str) -> str: ...
-    def mpu_put_part(self, name: str, upload_id: str, part_number: int, chunks: Iterable[bytes]) -> str: ...
+    def mpu_put_part(
+        self, name: str, upload_id: str, part_number: int, chunks: Iterable[bytes], *,
+        num_parts: int | None = None, length: int | None = None,
+    ) -> str: ...
     def mpu_complete(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> int: ...
     def mpu_abort(self, name: str, upload_id: str) -> None: ...
 
@@ -183,7 +186,16 @@ class LocalArtifactStorage(FileSystemStorage):
                 break
             directory = os.path.dirname(directory)
 
-    # --- Multipart: parts are files under .uploads/<id>/, concatenated on completion ---------
+    # --- Multipart: parts written straight into place in one file, moved in on completion -----
+    #
+    # .uploads/<id>/data is the file being assembled. MLflow's client cuts a file into parts of one
+    # size (the last one shorter), so part n of an upload with parts of size S starts at (n-1)*S;
+    # the first part that knows S (Content-Length of a part that is not the last) publishes it in
+    # "part-size", and every part that matches goes into data at its offset: each byte is written
+    # once, and completion is a truncate and a rename. A part that cannot be placed (another size,
+    # no Content-Length, the last part before S is known) is kept whole as <n>.part and copied in by
+    # the kernel (copy_file_range) on completion. Per-part markers <n> ("offset size etag", offset -1
+    # for a kept part) are written once the part's bytes are, so completion sees only whole parts.
 
     def _upload_dir(self, upload_id: str) -> str:
         if not upload_id or not upload_id.isalnum():
@@ -194,7 +206,9 @@ class LocalArtifactStorage(FileSystemStorage):
         self.path(name)
         self._prune_stale_uploads()
         upload_id = uuid.uuid4().hex
-        os.makedirs(self._upload_dir(upload_id))
+        directory = self._upload_dir(upload_id)
+        os.makedirs(directory)
+        os.close(os.open(os.path.join(directory, "data"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return upload_id
 
     def _prune_stale_uploads(self) -> None:
@@ -204,34 +218,134 @@ class LocalArtifactStorage(FileSystemStorage):
                 if entry.is_dir() and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry.path, ignore_errors=True)
 
-    def mpu_put_part(self, name: str, upload_id: str, part_number: int, chunks: Iterable[bytes]) -> str:
+    @staticmethod
+    def _part_size(directory: str, offer: int | None) -> int | None:
+        """The upload's part size: the one already published, else `offer` (published atomically by
+        link(), so two first parts racing agree on one value)."""
+        published = os.path.join(directory, "part-size")
+        if offer is not None and not os.path.exists(published):
+            fd, temp = tempfile.mkstemp(dir=directory, prefix=".size-")
+            try:
+                os.write(fd, str(offer).encode())
+                os.close(fd)
+                with contextlib.suppress(FileExistsError):
+                    os.link(temp, published)
+            finally:
+                os.unlink(temp)
+        try:
+            with open(published, "rb") as f:
+                return int(f.read())
+        except FileNotFoundError:
+            return None
+
+    def mpu_put_part(
+        self,
+        name: str,
+        upload_id: str,
+        part_number: int,
+        chunks: Iterable[bytes],
+        *,
+        num_parts: int | None = None,
+        length: int | None = None,
+    ) -> str:
         directory = self._upload_dir(upload_id)
         if not os.path.isdir(directory):
             raise FileNotFoundError(upload_id)
-        temp, _, etag = self._write_temp(chunks, directory, etag=True)
-        os.replace(temp, os.path.join(directory, f"{part_number:05d}"))
+        offset = -1
+        if num_parts is not None and length is not None and 1 <= part_number <= num_parts:
+            last = part_number == num_parts
+            size = self._part_size(directory, None if last else length)
+            if part_number == 1 and last:
+                offset = 0
+            elif size is not None and (length == size or (last and length <= size)):
+                offset = (part_number - 1) * size
+        if offset >= 0:
+            etag, written = self._write_at(os.path.join(directory, "data"), offset, chunks)
+        else:
+            temp, written, etag = self._write_temp(chunks, directory, etag=True)
+            os.replace(temp, os.path.join(directory, f"{part_number:05d}.part"))
+        marker_fd, marker = tempfile.mkstemp(dir=directory, prefix=".marker-")
+        with os.fdopen(marker_fd, "w") as out:
+            out.write(f"{offset} {written} {etag}")
+        os.replace(marker, os.path.join(directory, f"{part_number:05d}"))
         return etag
+
+    @staticmethod
+    def _write_at(path: str, offset: int, chunks: Iterable[bytes]) -> tuple[str, int]:
+        fd = os.open(path, os.O_WRONLY)  # gone once the upload is completed or aborted
+        md5 = hashlib.md5(usedforsecurity=False)
+        written = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    done = os.pwrite(fd, view, offset + written)
+                    md5.update(view[:done])
+                    written += done
+                    view = view[done:]
+        finally:
+            os.close(fd)
+        return md5.hexdigest(), written
 
     def mpu_complete(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> int:
         directory = self._upload_dir(upload_id)
         if not os.path.isdir(directory):
             raise FileNotFoundError(upload_id)
-        files = [os.path.join(directory, f"{number:05d}") for number, _ in sorted(parts)]
-        missing = [path for path in files if not os.path.exists(path)]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} part(s) were never uploaded")
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=".whole-")
-        with os.fdopen(fd, "wb") as out:
-            for path in files:
-                with open(path, "rb") as part:
-                    shutil.copyfileobj(part, out, CHUNK_SIZE)
-            size = out.tell()
-        self._place(temp, name)
+        placed: list[tuple[int, int, int]] = []  # (part number, offset in data or -1, size)
+        numbers = [number for number, _ in parts]
+        if len(set(numbers)) != len(numbers):
+            raise FileNotFoundError("a part is listed twice")
+        for number, etag in sorted(parts):
+            try:
+                with open(os.path.join(directory, f"{number:05d}")) as marker:
+                    offset, size, stored = marker.read().split()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"part {number} was never uploaded") from None
+            if etag and etag != stored:
+                raise FileNotFoundError(f"part {number} does not match its ETag")
+            placed.append((number, int(offset), int(size)))
+        data = os.path.join(directory, "data")
+        # Where each part belongs in the whole file; parts already there stay where they are.
+        targets, position = [], 0
+        for _, _offset, size in placed:
+            targets.append(position)
+            position += size
+        in_place = all(offset in (-1, target) for (_, offset, _), target in zip(placed, targets, strict=True))
+        if in_place:
+            whole = data
+        else:  # parts that did not follow one size: assemble a new file from where each one is
+            fd, whole = tempfile.mkstemp(dir=directory, prefix=".whole-")
+            os.close(fd)
+        with open(whole, "r+b") as out, open(data, "rb") as source:
+            for (number, offset, size), target in zip(placed, targets, strict=True):
+                if offset == -1:
+                    with open(os.path.join(directory, f"{number:05d}.part"), "rb") as part:
+                        _copy_range(part.fileno(), out.fileno(), size, 0, target)
+                elif whole != data:
+                    _copy_range(source.fileno(), out.fileno(), size, offset, target)
+            out.truncate(position)
+        self._place(whole, name)
         shutil.rmtree(directory, ignore_errors=True)
-        return size
+        return position
 
     def mpu_abort(self, name: str, upload_id: str) -> None:
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+
+def _copy_range(source: int, target: int, size: int, source_offset: int, target_offset: int) -> None:
+    """Copy bytes between files inside the kernel (copy_file_range), through a buffer where it cannot."""
+    done = 0
+    while done < size:
+        try:
+            copied = os.copy_file_range(source, target, size - done, source_offset + done, target_offset + done)
+        except OSError:
+            copied = 0
+        if copied == 0:
+            block = os.pread(source, min(CHUNK_SIZE, size - done), source_offset + done)
+            if not block:
+                raise OSError(f"a stored part ended {size - done} bytes early")
+            copied = os.pwrite(target, block, target_offset + done)
+        done += copied
 
 
 class S3ArtifactStorage(S3Storage):
@@ -297,7 +411,16 @@ class S3ArtifactStorage(S3Storage):
         )
         return created["UploadId"]
 
-    def mpu_put_part(self, name: str, upload_id: str, part_number: int, chunks: Iterable[bytes]) -> str:
+    def mpu_put_part(
+        self,
+        name: str,
+        upload_id: str,
+        part_number: int,
+        chunks: Iterable[bytes],
+        *,
+        num_parts: int | None = None,
+        length: int | None = None,
+    ) -> str:
         # S3 needs the part's length up front: spool it (to disk past 1 MB), then send it.
         with tempfile.SpooledTemporaryFile(max_size=CHUNK_SIZE) as spool:
             for chunk in chunks:

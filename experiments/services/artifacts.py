@@ -265,7 +265,9 @@ def artifact_mpu_create(*, team: Team, key: str, num_parts: int) -> tuple[str, l
     except SuspiciousFileOperation as exc:
         raise invalid_path(str(exc)) from None
     tokens = [
-        signing.dumps({"t": team.pk, "k": key, "u": upload_id, "n": number}, salt=PART_SALT, compress=True)
+        signing.dumps(
+            {"t": team.pk, "k": key, "u": upload_id, "n": number, "of": num_parts}, salt=PART_SALT, compress=True
+        )
         for number in range(1, num_parts + 1)
     ]
     return _handle(team=team, key=key, upload_id=upload_id), tokens
@@ -281,7 +283,11 @@ def artifact_mpu_part(*, token: str, chunks: Iterable[bytes], length: int | None
     if limit is not None and length is not None and length > limit:
         raise too_large(limit)
     try:
-        return artifact_storage().mpu_put_part(data["k"], data["u"], int(data["n"]), chunks)
+        # How many parts and this part's length let local storage write it straight into place.
+        num_parts = int(data["of"]) if "of" in data else None
+        return artifact_storage().mpu_put_part(
+            data["k"], data["u"], int(data["n"]), chunks, num_parts=num_parts, length=length
+        )
     except FileNotFoundError:
         raise IngestError(
             "The multipart upload was completed or aborted.", mlflow_code="RESOURCE_DOES_NOT_EXIST"
