@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Protocol
 
 from boto3.s3.transfer import TransferConfig
@@ -60,10 +60,20 @@ def limited(chunks: Iterable[bytes], limit: int | None) -> Iterator[bytes]:
         yield chunk
 
 
+# Called with the size once every byte is stored and just before the file becomes visible at its
+# name; raising refuses the upload (nothing is placed).
+BeforePlace = Callable[[int], None]
+
+
 class ArtifactStorage(Protocol):
     """What services.artifacts uses; both backends below implement it."""
 
-    def save_stream(self, name: str, chunks: Iterable[bytes], *, limit: int | None) -> int: ...
+    # True when before_place runs before anything is visible at the name (a staged write).
+    stages_writes: bool
+
+    def save_stream(
+        self, name: str, chunks: Iterable[bytes], *, limit: int | None, before_place: BeforePlace | None = None
+    ) -> int: ...
     def open_stream(self, name: str) -> IO[bytes]: ...
     def is_dir(self, name: str) -> bool: ...
     def size(self, name: str) -> int: ...
@@ -109,6 +119,8 @@ class LocalArtifactStorage(FileSystemStorage):
     """A directory tree. Writes go to a temporary file then os.replace, so a reader never sees a
     half-written file and a refused (too large, broken) upload leaves nothing behind."""
 
+    stages_writes = True
+
     def __init__(self, location: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("allow_overwrite", True)
         super().__init__(location=location, **kwargs)
@@ -149,22 +161,26 @@ class LocalArtifactStorage(FileSystemStorage):
             raise
         return temp, size, md5.hexdigest() if md5 is not None else ""
 
-    def _place(self, temp: str, name: str) -> None:
+    def _place(self, temp: str, name: str, before_place: BeforePlace | None = None, size: int = 0) -> None:
         target = self.path(name)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.isdir(target):
                 raise SuspiciousFileOperation(f"{name!r} is a directory.")
+            if before_place is not None:
+                before_place(size)
             os.replace(temp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
 
-    def save_stream(self, name: str, chunks: Iterable[bytes], *, limit: int | None) -> int:
+    def save_stream(
+        self, name: str, chunks: Iterable[bytes], *, limit: int | None, before_place: BeforePlace | None = None
+    ) -> int:
         self.path(name)  # refuse before reading anything
         temp, size, _ = self._write_temp(limited(chunks, limit), self._uploads())
-        self._place(temp, name)
+        self._place(temp, name, before_place, size)
         return size
 
     def open_stream(self, name: str) -> IO[bytes]:
@@ -353,6 +369,8 @@ class S3ArtifactStorage(S3Storage):
     buffers); multipart uploads are S3 multipart uploads whose parts mlboard proxies, so clients
     never need to reach the bucket."""
 
+    stages_writes = False  # a PUT replaces the object at once
+
     def __init__(self, **settings: Any) -> None:
         # A few 8 MB buffers at most per transfer: the web worker's memory stays flat.
         settings.setdefault("transfer_config", TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=4))
@@ -366,7 +384,9 @@ class S3ArtifactStorage(S3Storage):
     def _key(self, name: str) -> str:
         return self._normalize_name(name)
 
-    def save_stream(self, name: str, chunks: Iterable[bytes], *, limit: int | None) -> int:
+    def save_stream(
+        self, name: str, chunks: Iterable[bytes], *, limit: int | None, before_place: BeforePlace | None = None
+    ) -> int:
         source = _ChunkFile(limited(chunks, limit))
         try:
             self._client.upload_fileobj(
@@ -386,6 +406,13 @@ class S3ArtifactStorage(S3Storage):
             if isinstance(cause, StreamError):
                 raise cause from None
             raise
+        if before_place is not None:
+            # An object store has no staging rename: a refused upload is removed again.
+            try:
+                before_place(source.size)
+            except BaseException:
+                self.delete(name)
+                raise
         return source.size
 
     def _write_args(self, name: str) -> dict[str, Any]:

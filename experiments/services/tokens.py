@@ -13,7 +13,7 @@ from ..models import ApiToken, Membership, Team, User
 TOKEN_PREFIX = "mlb_"
 
 
-def _digest(secret: str) -> str:
+def token_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -26,7 +26,9 @@ def token_create(*, user: User, name: str, team: Team | None = None) -> tuple[Ap
     if team is not None and not team.memberships.filter(user=user).exists():
         raise DomainError("You are not a member of that team.", field="team")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(user=user, team=team, name=name[:80], prefix=secret[:12], digest=_digest(secret))
+    token = ApiToken.objects.create(
+        user=user, team=team, name=name[:80], prefix=secret[:12], digest=token_digest(secret)
+    )
     return token, secret
 
 
@@ -38,7 +40,7 @@ def token_authenticate(*, secret: str) -> ApiToken | None:
     token = (
         ApiToken.objects.select_related("user", "team")
         .annotate(member_id=Subquery(member.values("pk")[:1]), member_role=Subquery(member.values("role")[:1]))
-        .filter(digest=_digest(secret), revoked_at__isnull=True, user__is_active=True)
+        .filter(digest=token_digest(secret), revoked_at__isnull=True, user__is_active=True)
         .first()
     )
     if token is not None:
