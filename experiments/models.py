@@ -683,13 +683,17 @@ class DigestDelivery(models.Model):
 
 
 class ImportedRunArtifacts(models.Model):
-    """The artifacts of one imported run, copied from its MLflow server's artifact proxy into
-    mlboard's artifact storage. Pending until every file is copied (done_at); files already
-    stored with the same size are skipped, so an interrupted copy resumes where it stopped."""
+    """The artifacts of one imported run, copied from its MLflow server (through the artifact proxy, or
+    the run-scoped tracking API for stores the server does not proxy) into mlboard's artifact storage.
+    Pending until every file is copied (done_at); files already stored with the same size are skipped,
+    so an interrupted copy resumes where it stopped."""
 
     source = models.ForeignKey(MlflowSource, on_delete=models.CASCADE, related_name="artifact_copies")
     run = models.OneToOneField(Run, on_delete=models.CASCADE, related_name="imported_artifacts")
-    remote_root = models.CharField(max_length=1000, help_text="Path on the server's mlflow-artifacts API.")
+    remote_root = models.CharField(
+        max_length=1000, blank=True,
+        help_text="Path on the server's mlflow-artifacts API; empty: read through the run-scoped tracking API.",
+    )
     files = models.PositiveIntegerField(default=0)
     size = models.BigIntegerField(default=0)
     done_at = models.DateTimeField(null=True, blank=True)

@@ -58,8 +58,9 @@ def _value(output: str, label: str) -> str:
     raise AssertionError(f"{label} not printed:\n{output}")
 
 
-# Printed by the client whatever the server (a note about pickle files), so not a server problem.
-CLIENT_SIDE_NOTICES = ("pickle or cloudpickle format",)
+# Printed by the client whatever the server (a note about pickle files; lightgbm autolog's own call
+# of a deprecated log_model argument), so not a server problem.
+CLIENT_SIDE_NOTICES = ("pickle or cloudpickle format", "`artifact_path` is deprecated")
 
 
 def _mlflow_warnings(output: str) -> list[str]:
@@ -115,6 +116,43 @@ def test_sklearn_autolog_stores_metrics_model_and_plots_without_warnings(job):
     model = LoggedModel.objects.get(source_run=run)
     assert model.status == LoggedModelStatus.READY
     assert "training_confusion_matrix.png" in _value(out, "ARTIFACTS").split()
+
+
+def test_lightgbm_autolog_stores_every_iteration_of_every_metric(job):
+    """The trial's worst case: lightgbm autolog finished "successfully" with metrics missing. Every
+    boosting round's metric, for both validation sets, must be stored as a point at its step."""
+    out = job("""
+        import lightgbm as lgb, mlflow
+        from mlflow import MlflowClient
+        from sklearn.datasets import load_iris
+        from sklearn.model_selection import train_test_split
+        X, y = load_iris(return_X_y=True)
+        X_train, X_valid, y_train, y_valid = train_test_split(X, y, random_state=0)
+        mlflow.set_experiment("lgb-autolog")
+        mlflow.lightgbm.autolog()  # before the Datasets, so it can sample an input example
+        train = lgb.Dataset(X_train, y_train)
+        valid = lgb.Dataset(X_valid, y_valid, reference=train)
+        params = {"objective": "multiclass", "num_class": 3, "learning_rate": 0.1, "verbose": -1, "seed": 7}
+        with mlflow.start_run() as run:
+            lgb.train(params, train, num_boost_round=25, valid_sets=[train, valid], valid_names=["train", "valid"])
+        client = MlflowClient()
+        print("RUN", run.info.run_id)
+        print("HISTORY", len(client.get_metric_history(run.info.run_id, "valid-multi_logloss")))
+        print("ARTIFACTS", " ".join(sorted(a.path for a in client.list_artifacts(run.info.run_id))))
+    """)
+    assert _mlflow_warnings(out) == [], out
+    run = Run.objects.get(external_id=_value(out, "RUN"))
+    for key in ("train-multi_logloss", "valid-multi_logloss"):
+        steps = sorted(run.metrics.filter(key=key).values_list("step", flat=True))
+        assert steps == list(range(25)), (key, steps)
+    assert _value(out, "HISTORY") == "25"
+    losses = list(run.metrics.filter(key="train-multi_logloss").order_by("step").values_list("value", flat=True))
+    assert losses[-1] < losses[0]  # real training values, in step order
+    assert run.params.get(key="num_boost_round").value == "25"
+    assert run.params.get(key="learning_rate").value == "0.1"
+    artifacts = _value(out, "ARTIFACTS").split()
+    assert {"feature_importance_gain.json", "feature_importance_split.json"} <= set(artifacts), artifacts
+    assert LoggedModel.objects.get(source_run=run).status == LoggedModelStatus.READY
 
 
 def test_log_model_register_and_load_by_alias_gives_the_same_predictions(job):

@@ -78,7 +78,7 @@ def test_full_import(team, fake, source, member):
     assert r1.start_time.timestamp() * 1000 == T0 + 1000 and r1.end_time.timestamp() * 1000 == T0 + 5000
     assert r1.user == member and r1.user_name == "mo"
     assert r1.code_version == "abc123" and r1.seed == 1
-    assert r1.artifact_uri == "s3://bucket/r1"
+    assert r1.artifact_uri == f"mlflow-artifacts:/teams/{team.pk}/{r1.experiment_id}/r1/artifacts"  # the copy
     assert r1.experiment.name == "churn" and r1.experiment.external_id == "1"
     assert r1.experiment.tags == {"team": "retention"} and r1.experiment.source == "import:legacy"
     assert dict(Param.objects.filter(run=r1).values_list("key", "value")) == {"lr": "0.1", "seed": "1"}

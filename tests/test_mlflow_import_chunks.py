@@ -34,7 +34,8 @@ def _source(team, fake):
 
 
 def test_the_task_imports_in_chunks_and_reenqueues_itself(team, fake, settings, django_capture_on_commit_callbacks):
-    settings.MLFLOW_IMPORT_CHUNK_RUNS = 3  # 9 runs need work -> 3 chunks
+    # 9 runs need work -> 3 chunks; the finished runs' artifact listings (empty here) take a 4th.
+    settings.MLFLOW_IMPORT_CHUNK_RUNS = 3
     source = _source(team, fake)
     results = []
     original = mlflow_source_sync_step
@@ -51,7 +52,7 @@ def test_the_task_imports_in_chunks_and_reenqueues_itself(team, fake, settings, 
             sync_mlflow_source.delay(source.pk)
     finally:
         module.mlflow_source_sync_step = original
-    assert [r["done"] for r in results] == [False, False, True]
+    assert [r["done"] for r in results] == [False, False, False, True]
     assert results[-1]["runs_created"] == 9 and results[-1]["experiments"] == 2  # totals over the pass
     source.refresh_from_db()
     assert PASS_KEY not in source.cursor and source.last_synced_at is not None
@@ -166,10 +167,45 @@ def test_an_interrupted_artifact_copy_resumes_without_downloading_again(team, fa
     assert ImportedRunArtifacts.objects.filter(done_at__isnull=True).count() == 0
 
 
-def test_artifacts_stored_elsewhere_are_not_fetched(team, fake, artifact_root):
+def test_artifacts_the_server_does_not_proxy_come_through_its_run_scoped_api(team, fake, artifact_root):
+    """Runs whose client wrote to s3:// (or file://) itself: the source server lists and serves them
+    (artifacts/list, get-artifact), so they are copied all the same, once."""
+    from experiments.models import ArtifactFile, ImportedRunArtifacts
+    from experiments.services.artifacts import run_artifact_root
+    from experiments.storage import artifact_storage
+
+    weights = bytes(range(256)) * 4096
+    fake.add_artifact("r1", "model/weights.bin", weights, proxied=False)
+    fake.add_artifact("r1", "notes.txt", b"lr sweep", proxied=False)
+    source = _source(team, fake)  # the fake's runs point at s3://bucket/...
+    summary = mlflow_source_sync(source=source)
+    assert summary.problems == []
+    r1 = Run.objects.get(external_id="r1")
+    root = run_artifact_root(r1)
+    assert r1.artifact_uri == f"mlflow-artifacts:/{root}"  # clients of mlboard read the copy
+    stored = dict(ArtifactFile.objects.filter(run=r1).values_list("path", "size"))
+    assert stored == {f"{root}/model/weights.bin": len(weights), f"{root}/notes.txt": 8}
+    with artifact_storage().open_stream(f"{root}/model/weights.bin") as handle:
+        assert handle.read() == weights
+    assert sorted(fake.artifact_downloads) == ["s3://bucket/r1/model/weights.bin", "s3://bucket/r1/notes.txt"]
+    assert fake.calls("artifacts/list")[0] == {"run_id": "r1"}
+    assert ImportedRunArtifacts.objects.get(run=r1).remote_root == ""
+    mlflow_source_sync(source=MlflowSource.objects.get(pk=source.pk))
+    assert len(fake.artifact_downloads) == 2  # idempotent
+
+
+def test_a_server_that_cannot_list_a_runs_artifacts_does_not_stop_the_import(team, fake, artifact_root):
     from experiments.models import ImportedRunArtifacts
 
-    source = _source(team, fake)  # the fake's runs point at s3://bucket/...
-    mlflow_source_sync(source=source)
-    assert Run.objects.get(external_id="r1").artifact_uri == "s3://bucket/r1"
-    assert not ImportedRunArtifacts.objects.exists() and fake.artifact_downloads == []
+    fake.add_artifact("r1", "notes.txt", b"lr sweep", proxied=False)
+    fake.unlistable.add("r1")
+    source = _source(team, fake)
+    summary = mlflow_source_sync(source=source)
+    assert summary.runs_created == len(fake.runs)  # runs and metrics are imported all the same
+    assert [p for p in summary.problems if "artifacts not copied" in p] == [
+        "Run r1: artifacts not copied: MLflow server error on artifacts/list "
+        "(HTTP 500 Internal Server Error, INTERNAL_ERROR)."
+    ]
+    copy = ImportedRunArtifacts.objects.get(run__external_id="r1")
+    assert copy.done_at is not None and "INTERNAL_ERROR" in copy.error and fake.artifact_downloads == []
+    assert ImportedRunArtifacts.objects.filter(done_at__isnull=True).count() == 0

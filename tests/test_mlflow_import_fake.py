@@ -32,6 +32,7 @@ class FakeMlflow:
         # mlflow-artifacts proxy (`mlflow server --serve-artifacts`): root-relative path -> bytes
         self.artifacts: dict[str, bytes] = {}
         self.artifact_downloads: list[str] = []
+        self.unlistable: set[str] = set()  # runs whose store the server cannot read (artifacts/list fails)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -78,23 +79,42 @@ class FakeMlflow:
     def finish(self, run_id: str, *, end: int, status: str = "FINISHED") -> None:
         self.runs[run_id]["info"].update(status=status, end_time=end)
 
-    def add_artifact(self, run_id: str, path: str, content: bytes) -> None:
-        """Store a file the way `mlflow server --serve-artifacts` does; the run's URI points at the proxy."""
+    def add_artifact(self, run_id: str, path: str, content: bytes, *, proxied: bool = True) -> None:
+        """Store a file the way `mlflow server --serve-artifacts` does (the run's URI points at the proxy),
+        or, not proxied, in the run's own s3:// location that only the server itself reads."""
         info = self.runs[run_id]["info"]
-        root = f"{info['experiment_id']}/{run_id}/artifacts"
-        info["artifact_uri"] = f"mlflow-artifacts:/{root}"
-        self.artifacts[f"{root}/{path}"] = content
+        if proxied:
+            root = f"{info['experiment_id']}/{run_id}/artifacts"
+            info["artifact_uri"] = f"mlflow-artifacts:/{root}"
+            self.artifacts[f"{root}/{path}"] = content
+        else:
+            self.artifacts[f"{info['artifact_uri']}/{path}"] = content
 
-    def _artifact_list(self, path: str) -> dict[str, Any]:
+    def _artifact_list(self, path: str, *, run_relative: str = "") -> dict[str, Any]:
+        """Proxy listings name children by basename; run-scoped ones (artifacts/list) by run-relative path."""
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         entries: dict[str, dict[str, Any]] = {}
         for key, content in self.artifacts.items():
             if not key.startswith(prefix):
                 continue
             head, _, rest = key[len(prefix):].partition("/")
-            entries[head] = {"path": head, "is_dir": True} if rest else {
-                "path": head, "is_dir": False, "file_size": len(content)}
+            name = f"{run_relative}/{head}" if run_relative else head
+            entries[head] = {"path": name, "is_dir": True} if rest else {
+                "path": name, "is_dir": False, "file_size": len(content)}
         return {"files": sorted(entries.values(), key=lambda e: e["path"])} if entries else {}
+
+    def _run_artifacts_list(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`artifacts/list` of the tracking API: any run, whatever its store, paths relative to the run."""
+        run = self.runs.get(args.get("run_id", ""))
+        if run is None:
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No such run"}
+        if args.get("run_id") in self.unlistable:
+            return 500, {"error_code": "INTERNAL_ERROR", "message": "botocore: access denied"}
+        root, relative = run["info"]["artifact_uri"], args.get("path", "").strip("/")
+        if root.startswith("mlflow-artifacts:/"):
+            root = root[len("mlflow-artifacts:/"):]
+        return 200, {"root_uri": run["info"]["artifact_uri"],
+                     **self._artifact_list(f"{root}/{relative}".rstrip("/"), run_relative=relative)}
 
     def calls(self, endpoint: str) -> list[dict[str, Any]]:
         return [args for _m, path, args in self.requests if path == endpoint]
@@ -153,10 +173,36 @@ class FakeMlflow:
                 self.end_headers()
                 self.wfile.write(content)
 
+            def _get_artifact(self, parts: Any) -> None:
+                """The server's `get-artifact` route: one file of a run, from wherever the run stores it."""
+                if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
+                    self._send(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid credentials"})
+                    return
+                args = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                run = fake.runs.get(args.get("run_id", ""))
+                root = run["info"]["artifact_uri"] if run else ""
+                if root.startswith("mlflow-artifacts:/"):
+                    root = root[len("mlflow-artifacts:/"):]
+                key = f"{root}/{args.get('path', '')}"
+                content = fake.artifacts.get(key) if run else None
+                if content is None:
+                    self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No such file"})
+                    return
+                with fake._lock:
+                    fake.artifact_downloads.append(key)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
             def _dispatch(self, method: str) -> None:
                 parts = urlsplit(self.path)
                 if method == "GET" and parts.path.startswith(ARTIFACTS_PREFIX):
                     self._artifacts(parts)
+                    return
+                if method == "GET" and parts.path == "/get-artifact":
+                    self._get_artifact(parts)
                     return
                 if not parts.path.startswith(PREFIX):
                     self._send(404, {})
@@ -178,6 +224,7 @@ class FakeMlflow:
                     ("POST", "runs/search"): fake._runs_search,
                     ("GET", "runs/get"): fake._runs_get,
                     ("GET", "metrics/get-history"): fake._history,
+                    ("GET", "artifacts/list"): fake._run_artifacts_list,
                 }.get((method, endpoint))
                 if handler is None:
                     self._send(404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No {method} {endpoint}"})

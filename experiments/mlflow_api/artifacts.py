@@ -8,6 +8,8 @@ http(s) tracking URI and ``mlflow-artifacts:/`` artifact URIs:
     POST   api/2.0/mlflow-artifacts/mpu/create|complete|abort/<path>
     PUT    api/2.0/mlflow-artifacts/mpu/part?token=...      (the part URLs that create hands out)
     GET    api/3.0/mlflow/server-info                       (tells the client multipart works)
+    GET    api/2.0/mlflow/artifacts/list?run_id=&path=      a run's artifacts by run-relative path
+    GET    get-artifact?run_id=&path=                       one file of a run (MLflow's UI route)
 
 Handlers stay thin: paths are checked and team-scoped by services.artifacts, bytes move through
 the artifact storage. Bodies are read in 1 MB chunks straight from the socket; nothing here ever
@@ -30,6 +32,7 @@ from ..services import artifacts as artifact_services
 from ..services.runs import IngestError
 from ..storage import CHUNK_SIZE, Truncated
 from .http import (
+    Body,
     Caller,
     MlflowApiError,
     authenticate,
@@ -38,7 +41,10 @@ from .http import (
     forget_caller,
     invalid,
     json_response,
+    mlflow_endpoint,
+    parse_body,
 )
+from .selectors import run_by_id
 
 # A refused upload is read to its end (up to this much) so the client gets the JSON error rather
 # than a connection reset in the middle of sending.
@@ -199,6 +205,29 @@ def _list(request: HttpRequest, caller: Caller) -> HttpResponse:
     if key not in ("", artifact_services.TEAMS_DIR):
         key = artifact_services.artifact_key(team=caller.team, path=key)
     return json_response({"files": artifact_selectors.artifact_list(team=caller.team, key=key)})
+
+
+# --- Run-scoped reads (the tracking API's view of a run's artifacts) ---------------------------
+
+
+@mlflow_endpoint("GET")
+def run_artifacts_list(caller: Caller, body: Body) -> dict[str, Any]:
+    run = run_by_id(team=caller.team, run_id=body.run_id())
+    relative = artifact_services.clean_path(body.string("path"))
+    return {
+        "root_uri": artifact_services.run_artifact_uri(run),
+        "files": artifact_selectors.run_artifact_list(run=run, relative=relative),
+    }
+
+
+@artifact_endpoint("GET")
+def run_artifact_get(request: HttpRequest, caller: Caller) -> HttpResponse:
+    body = parse_body(request)
+    run = run_by_id(team=caller.team, run_id=body.run_id())
+    relative = artifact_services.clean_path(body.string("path"))
+    if not relative:
+        raise artifact_services.invalid_path("an artifact path is required")
+    return download_response(artifact_selectors.artifact_open(key=artifact_selectors.run_artifact_key(run, relative)))
 
 
 # --- Multipart uploads -------------------------------------------------------------------------

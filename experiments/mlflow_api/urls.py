@@ -33,6 +33,7 @@ ROUTES = (
     ("runs/outputs", views.runs_log_outputs, "runs-log-outputs"),
     ("runs/log-model", views.runs_log_model, "runs-log-model"),
     ("metrics/get-history", views.metrics_get_history, "metrics-get-history"),
+    ("artifacts/list", artifacts.run_artifacts_list, "run-artifacts-list"),
     # MLflow 3 logged models
     ("logged-models", logged_models.logged_model_create, "logged-models-create"),
     ("logged-models/search", logged_models.logged_model_search, "logged-models-search"),
@@ -91,6 +92,7 @@ urlpatterns += [
     re_path(_ARTIFACTS + r"mpu/complete(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_complete),
     re_path(_ARTIFACTS + r"mpu/abort(?:/(?s:(?P<artifact_path>.*)))?$", artifacts.mpu_abort),
     re_path(_ARTIFACTS + r"presigned/(?s:(?P<artifact_path>.*))$", artifacts.presigned),
+    path("get-artifact", artifacts.run_artifact_get, name="mlflow-get-artifact"),
     re_path(r"^(?:api|ajax-api)/3\.0/mlflow/server-info$", artifacts.server_info, name="mlflow-server-info"),
     # Tracing is not stored: MLflow's NOT_IMPLEMENTED, which the client reports as a warning.
     re_path(r"^(?:api|ajax-api)/\d+\.\d+/mlflow/traces", views.traces_unsupported, name="mlflow-traces"),

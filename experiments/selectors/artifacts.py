@@ -152,6 +152,15 @@ def _sort(node: TreeNode) -> None:
         _sort(child)
 
 
+def run_artifact_list(*, run: Run, relative: str) -> list[dict[str, Any]]:
+    """Children of `relative` (a clean run-relative path) in MLflow's ListArtifacts shape: paths
+    relative to the run's artifact root, as `mlflow server` answers runs it does not proxy too."""
+    key = run_artifact_key(run, relative).rstrip("/")
+    listing = artifact_list(team=run.team, key=key) if key.startswith(TEAMS_DIR + "/") else []
+    base = relative.strip("/")
+    return [{**item, "path": f"{base}/{item['path']}" if base else item["path"]} for item in listing]
+
+
 def run_artifact_file(*, run: Run, relative: str) -> ArtifactFile | None:
     return ArtifactFile.objects.filter(run=run, path=run_artifact_key(run, relative)).first()
 

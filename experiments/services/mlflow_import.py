@@ -211,9 +211,23 @@ class MlflowRestClient:
 
     def download_artifact(self, path: str, sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
         """Stream one file from the artifact proxy into `sink(chunks, length)`, never whole in memory."""
-        url = f"{self.uri}{ARTIFACTS_API}/{quote(path)}"
+        return self._download(f"{self.uri}{ARTIFACTS_API}/{quote(path)}", None, path, sink)
+
+    def list_run_artifacts(self, run_id: str, path: str) -> list[dict]:
+        """One directory of a run's artifacts through the tracking API (paths relative to the run's
+        root). The server reads its store itself (s3://, file://, ...): the way to runs it does not proxy."""
+        params = {"run_id": run_id, **({"path": path} if path else {})}
+        payload = self._call("GET", "artifacts/list", params=params)
+        return [f for f in payload.get("files") or [] if isinstance(f, dict) and f.get("path")]
+
+    def download_run_artifact(self, run_id: str, path: str, sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
+        """One file of a run through the server's `get-artifact` route (what its web UI downloads with)."""
+        return self._download(f"{self.uri}/get-artifact", {"run_id": run_id, "path": path}, path, sink)
+
+    def _download(self, url: str, params: dict | None, path: str,
+                  sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
         try:
-            with self.http.stream("GET", url) as response:
+            with self.http.stream("GET", url, params=params) as response:
                 if response.status_code != 200:
                     raise MlflowImportError(
                         f"Artifact {path!r}: the server answered {outbound.status_text(response.status_code)}."
@@ -729,11 +743,10 @@ def _sync_run(
                 source=ctx.label,
                 external_id=run_id,
             )
-            remote_root = _proxied_root(info)
-            # Artifacts behind the server's proxy are copied here, under the team's own space.
+            # Artifacts are copied here, under the team's own space, wherever the source stored them.
             local_uri = f"{artifacts.SCHEME}:/{artifacts.team_prefix(ctx.team.pk)}/{experiment.pk}/{run_id}/artifacts"
             extra = {
-                "artifact_uri": local_uri if remote_root is not None else str(info.get("artifact_uri") or "")[:1000],
+                "artifact_uri": local_uri,
                 "lifecycle_stage": str(info.get("lifecycle_stage") or "active")[:10],
             }
             if not run.user_name and user_name:
@@ -777,24 +790,26 @@ def _sync_run(
 
 def _proxied_root(info: dict) -> str | None:
     """The path on the server's artifact proxy for a run whose artifact URI is `mlflow-artifacts:`;
-    None for artifacts the client wrote elsewhere itself (s3://, file://, ...), which are not copied.
-    A host in the URI is ignored: only the source's own server is ever asked."""
+    None for artifacts the client wrote elsewhere itself (s3://, file://, ...), which are read through
+    the run-scoped tracking API instead. A host in the URI is ignored: only the source's own server is
+    ever asked."""
     uri = str(info.get("artifact_uri") or "")
     if not uri.startswith(artifacts.SCHEME + ":"):
         return None
     path = urlsplit(uri).path.strip("/")
     try:
-        return artifacts.clean_path(path)
+        return artifacts.clean_path(path) or None
     except IngestError:
         return None
 
 
 def _note_artifacts(ctx: _Context, run: Run, info: dict, status: str) -> None:
     """A finished run's artifacts are copied once (the copy step of the pass does it)."""
-    root = _proxied_root(info)
-    if root is None or status not in TERMINAL_STATUSES:
+    if status not in TERMINAL_STATUSES:
         return
-    ImportedRunArtifacts.objects.get_or_create(run=run, defaults={"source": ctx.source, "remote_root": root})
+    ImportedRunArtifacts.objects.get_or_create(
+        run=run, defaults={"source": ctx.source, "remote_root": _proxied_root(info) or ""}
+    )
 
 
 def _copy_artifacts(ctx: _Context) -> None:
@@ -817,11 +832,34 @@ def _copy_run_artifacts(ctx: _Context, copy: ImportedRunArtifacts) -> None:
         ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), error="No local artifact root.")
         return
     have = dict(ArtifactFile.objects.filter(path__startswith=local_root + "/").values_list("path", "size"))
+    client, remote = ctx.client, copy.remote_root
+    if remote:  # behind the server's artifact proxy
+        def listing(relative: str) -> list[dict]:
+            return client.list_artifacts(f"{remote}/{relative}".rstrip("/"))
+
+        def fetch(relative: str, sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
+            return client.download_artifact(f"{remote}/{relative}", sink)
+    else:  # a store the server does not proxy: its run-scoped tracking API reads it for us
+        def listing(relative: str) -> list[dict]:
+            return client.list_run_artifacts(run.external_id, relative)
+
+        def fetch(relative: str, sink: Callable[[Iterator[bytes], int | None], Any]) -> Any:
+            return client.download_run_artifact(run.external_id, relative, sink)
+
     files = size = 0
     directories = [""]
     while directories:
         relative = directories.pop()
-        for entry in ctx.client.list_artifacts(f"{copy.remote_root}/{relative}".rstrip("/")):
+        try:
+            entries = listing(relative)
+        except MlflowImportError as exc:
+            if _is_fatal(exc):
+                raise
+            # The server cannot list them (no access to its store, an older server): said once, not retried.
+            ctx.summary.problems.append(f"Run {run.external_id}: artifacts not copied: {exc.message}")
+            ImportedRunArtifacts.objects.filter(pk=copy.pk).update(done_at=timezone.now(), error=exc.message[:300])
+            return
+        for entry in entries:
             name = str(entry["path"]).rsplit("/", 1)[-1]
             child = f"{relative}/{name}".strip("/")
             try:
@@ -841,8 +879,8 @@ def _copy_run_artifacts(ctx: _Context, copy: ImportedRunArtifacts) -> None:
                 _save_state(ctx)
                 raise _ChunkFull
             try:
-                stored = ctx.client.download_artifact(
-                    f"{copy.remote_root}/{child}",
+                stored = fetch(
+                    child,
                     lambda chunks, length, key=key: artifacts.artifact_upload(
                         team=ctx.team, key=key, chunks=chunks, length=length),
                 )

@@ -26,6 +26,7 @@ import _bootstrap  # noqa: F401  (Django set up on a throw-away database)
 from django.core.management import call_command
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.core.wsgi import get_wsgi_application
+from django.db.models import Count
 
 from experiments.models import ArtifactFile, LoggedModel, Run, User
 from experiments.services.boards import membership_set, team_create
@@ -62,6 +63,22 @@ trainer = L.Trainer(max_epochs=2, logger=logger, callbacks=[ModelCheckpoint(dirp
                     enable_progress_bar=False, accelerator="cpu", default_root_dir="{out}")
 trainer.fit(Tiny(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
 print("RUN", logger.run_id)
+"""
+
+# mlflow.pytorch.autolog() on a plain Lightning Trainer (no MLFlowLogger): the trial saw it finish
+# "successfully" with training metrics missing. Epoch-level metrics, one point per epoch, and the model.
+PYTORCH_AUTOLOG = LIGHTNING.split("torch.manual_seed(0)")[0] + """
+import mlflow
+mlflow.set_experiment("compat-pytorch-autolog")
+mlflow.pytorch.autolog(log_every_n_epoch=1, log_models=True)
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    accelerator="cpu", default_root_dir="{out}")
+with mlflow.start_run() as run:
+    trainer.fit(Tiny(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+print("RUN", run.info.run_id)
+print("EPOCHS", trainer.current_epoch)
 """
 
 HUGGINGFACE = """
@@ -110,7 +127,9 @@ def report(name: str, output: str, code: int) -> bool:
         ArtifactFile.objects.filter(path__contains=f"/models/{m.model_id}/artifacts/").count() for m in models
     )
     warnings = [line for line in output.splitlines() if "WARNING" in line and "mlflow" in line.lower()]
-    print(f"   run {run_id} status {run.status}; {len(metrics)} metric keys, {points} points: {', '.join(metrics)}")
+    per_key = dict(run.metrics.values_list("key").annotate(n=Count("id")).values_list("key", "n"))
+    print(f"   run {run_id} status {run.status}; {len(metrics)} metric keys, {points} points: "
+          + ", ".join(f"{key} ({per_key.get(key, 0)})" for key in metrics))
     print(f"   params {run.params.count()}; run artifact files {files}; logged models {models.count()} "
           f"with {model_files} files; mlflow warnings {len(warnings)}")
     for line in warnings[:10]:
@@ -137,6 +156,7 @@ def main() -> int:
     ok = True
     for name, script in (
         ("PyTorch Lightning MLFlowLogger(log_model='all')", LIGHTNING.format(uri=uri, out=work / "pl")),
+        ("mlflow.pytorch.autolog() on a Lightning Trainer", PYTORCH_AUTOLOG.format(out=work / "autolog")),
         ("HuggingFace Trainer, HF_MLFLOW_LOG_ARTIFACTS=1", HUGGINGFACE.format(out=work / "hf")),
     ):
         result = run_script(python, textwrap.dedent(script), env=env, timeout=1800)
