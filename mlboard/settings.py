@@ -316,6 +316,9 @@ ARTIFACT_ROOT = os.environ.get("ARTIFACT_ROOT", str(BASE_DIR / "artifacts"))
 ARTIFACT_S3_BUCKET = os.environ.get("ARTIFACT_S3_BUCKET", "")
 # Largest single artifact accepted (bytes); 0 means no limit.
 ARTIFACT_MAX_FILE_SIZE = int(os.environ.get("ARTIFACT_MAX_FILE_SIZE", str(20 * 1024**3)))
+# The artifact index row commits without waiting for the WAL flush (PostgreSQL): see services.artifacts._index.
+# Off by default: a database crash must not drop stored files from listings (nothing lost).
+ARTIFACT_INDEX_ASYNC_COMMIT = env_bool("ARTIFACT_INDEX_ASYNC_COMMIT", False)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

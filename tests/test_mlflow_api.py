@@ -73,9 +73,9 @@ def _batch(run_id: str, n: int, *, offset: int = 0) -> dict:
 @pytest.mark.parametrize("size", [100, 200])
 def test_log_batch_query_count_is_constant(post, team, member, django_assert_num_queries, size):
     run = run_create(team=team, user=member, name="bench")
-    # token, membership, run; then savepoint, params insert + check, points insert and latest upsert
+    # token with the caller's membership, run; then savepoint, params insert + check, points insert and latest upsert
     # (one statement on PostgreSQL), run lock + save for the tags, release.
-    with django_assert_num_queries(10 if connection.vendor == "postgresql" else 11):
+    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 10):
         response = post("runs/log-batch", _batch(run.external_id, size))
     assert response.status_code == 200, response.content
     assert Metric.objects.filter(run=run).count() == size
@@ -86,9 +86,9 @@ def test_log_batch_query_count_is_constant(post, team, member, django_assert_num
 def test_metrics_only_batch_query_count(post, team, member, django_assert_num_queries, size):
     run = run_create(team=team, user=member, name="bench")
     payload = {"run_id": run.external_id, "metrics": _batch(run.external_id, size)["metrics"]}
-    # token, membership, run; savepoint, points insert, latest upsert (one statement on PostgreSQL),
+    # token with membership, run; savepoint, points insert, latest upsert (one statement on PostgreSQL),
     # release. The run was touched just now, so its last-activity time is not rewritten.
-    with django_assert_num_queries(6 if connection.vendor == "postgresql" else 7):
+    with django_assert_num_queries(5 if connection.vendor == "postgresql" else 6):
         assert post("runs/log-batch", payload).status_code == 200
     assert Metric.objects.filter(run=run).count() == size
 
@@ -97,9 +97,9 @@ def test_metrics_only_batch_query_count(post, team, member, django_assert_num_qu
 def test_search_runs_query_count(post, team, member, django_assert_num_queries, count):
     experiment = tracking_experiment_get_or_create(team=team, name="exp")
     _runs(team, member, experiment, count)
-    # token, membership, ids of the runs with the metric (index order) and, as the page is not full,
-    # of those without; the page's runs, latest metrics, params, datasets, model inputs/outputs
-    with django_assert_num_queries(9):
+    # token with membership, ids of the runs with the metric (index order) and, as the page is not
+    # full, of those without; the page's runs, latest metrics, params, datasets, model inputs/outputs
+    with django_assert_num_queries(8):
         response = post("runs/search", {
             "experiment_ids": [str(experiment.pk)],
             "filter": "metrics.acc >= 0 and params.lr = '0.1' and tags.k != 'zz'",
@@ -120,8 +120,8 @@ def test_search_logged_models_by_metric_query_count(post, team, member, django_a
         points = [ModelMetricPoint("acc", i / 10 + step, step, 1000 + step, model.model_id, "val", "d1")
                   for step in range(3)]
         logged_model_log_metrics(team=team, run=run, points=points)
-    # token, membership, experiment, models page, metrics prefetch
-    with django_assert_num_queries(5):
+    # token with membership, experiment, models page, metrics prefetch
+    with django_assert_num_queries(4):
         response = post("logged-models/search", {
             "experiment_ids": [str(experiment.pk)],
             "filter": "metrics.acc >= 0.1",
@@ -161,7 +161,7 @@ def test_search_runs_by_metric_pages_match_one_ordered_query(post, team, member,
 def test_search_experiments_query_count(post, team, django_assert_num_queries, count):
     for i in range(count):
         tracking_experiment_get_or_create(team=team, name=f"exp-{i}")
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(2):
         response = post("experiments/search", {"max_results": 100, "order_by": ["name ASC"]})
     # Every team has MLflow's Default experiment from the start.
     assert [e["name"] for e in response.json()["experiments"]] == ["Default"] + [f"exp-{i}" for i in range(count)]
@@ -171,7 +171,7 @@ def test_search_experiments_query_count(post, team, django_assert_num_queries, c
 def test_metric_history_query_count(get, team, member, django_assert_num_queries, points):
     run = run_create(team=team, user=member, name="long")
     run_log_batch(run=run, metrics=[MetricPoint("loss", 1 / (s + 1), s, 10 + s) for s in range(points)])
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(3):
         response = get("metrics/get-history", {"run_id": run.external_id, "metric_key": "loss"})
     assert [m["step"] for m in response.json()["metrics"]] == list(range(points))
 
@@ -188,8 +188,8 @@ def test_get_run_query_count(get, team, member, django_assert_num_queries, count
         DatasetSpec(f"d{i}", f"{i:08x}", "local", '{"uri": "/data"}', tags={"mlflow.data.context": "training"})
         for i in range(count)
     ])
-    # token, membership, run, latest metrics, params, datasets, model inputs/outputs
-    with django_assert_num_queries(7):
+    # token with membership, run, latest metrics, params, datasets, model inputs/outputs
+    with django_assert_num_queries(6):
         response = get("runs/get", {"run_id": run.external_id})
     data = response.json()["run"]["data"]
     assert len(data["metrics"]) == count and len(data["params"]) == count

@@ -23,9 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from experiments.models import ArtifactFile, Role, Run
+from experiments.models import ArtifactFile, Membership, Role, Run
 from experiments.services.boards import membership_set
-from experiments.services.tokens import token_create
+from experiments.services.teams import membership_remove
+from experiments.services.tokens import token_authenticate, token_create, token_revoke
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -627,3 +628,69 @@ def test_model_version_get_artifact_reads_the_versions_files(tracking, live_serv
                        params={"name": "m", "version": 1, "path": "MLmodel"}, headers=_headers(member_token),
                        timeout=30)
     assert (got.status_code, got.content) == (200, b"flavors: {}")
+
+
+# --- Per-request cost -----------------------------------------------------------------------------
+
+
+ARTIFACTS_API = "/mlflow/api/2.0/mlflow-artifacts/artifacts"
+
+
+@pytest.mark.parametrize("size", [1024, 2 * 1024**2 + 7])  # one chunk, three chunks
+def test_upload_query_count_is_constant(client, member_token, team, local_root, django_assert_num_queries, size):
+    """A PUT costs the token (with the caller's role, same query) and the index upsert, whatever the
+    file size; the next PUTs of the same token within seconds only the upsert, which re-checks the
+    token itself. Small files are dominated by this per-request work."""
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {member_token}"}
+    token_authenticate(secret=member_token)  # last-used is fresh: no per-minute update in the count
+    for queries, name in ((2, "first.bin"), (1, "second.bin"), (1, "third.bin")):
+        key = f"teams/{team.pk}/0/r/artifacts/{name}"
+        body = os.urandom(size)
+        with django_assert_num_queries(queries):
+            response = client.put(f"{ARTIFACTS_API}/{key}", body, content_type="application/octet-stream", **headers)
+        assert response.status_code == 200, response.content
+        assert (local_root / key).read_bytes() == body
+        assert ArtifactFile.objects.get(path=key).size == size
+
+
+def test_revocation_and_leaving_the_team_apply_to_the_next_upload(client, member, member_token, team, local_root):
+    """Nothing about the token or the membership is cached between requests."""
+    url = f"{ARTIFACTS_API}/teams/{team.pk}/0/r/artifacts/a.txt"
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {member_token}"}
+    assert client.put(url, b"1", content_type="text/plain", **headers).status_code == 200
+    membership_remove(membership=Membership.objects.get(team=team, user=member))
+    left = client.put(url, b"2", content_type="text/plain", **headers)
+    assert left.status_code == 403 and "no longer a member" in left.json()["message"]
+    membership_set(team=team, user=member, role=Role.MEMBER)
+    assert client.put(url, b"3", content_type="text/plain", **headers).status_code == 200
+    membership_set(team=team, user=member, role=Role.VIEWER)
+    demoted = client.put(url, b"4", content_type="text/plain", **headers)
+    assert demoted.status_code == 403 and demoted.json()["error_code"] == "PERMISSION_DENIED"
+    membership_set(team=team, user=member, role=Role.MEMBER)
+    assert client.put(url, b"5", content_type="text/plain", **headers).status_code == 200
+    token_revoke(token=token_authenticate(secret=member_token))
+    revoked = client.put(url, b"6", content_type="text/plain", **headers)
+    assert revoked.status_code == 401 and revoked.json()["error_code"] == "UNAUTHENTICATED"
+    assert (local_root / f"teams/{team.pk}/0/r/artifacts/a.txt").read_text() == "5"
+    assert ArtifactFile.objects.get(path=f"teams/{team.pk}/0/r/artifacts/a.txt").size == 1
+
+
+def test_upload_refused_when_it_lands_stores_nothing(client, member, member_token, team, local_root, monkeypatch):
+    """The permission that counts is the one when the file becomes visible: a token revoked while
+    its bytes were arriving stores nothing, even with its caller from a request seconds ago."""
+    url = f"{ARTIFACTS_API}/teams/{team.pk}/0/r/artifacts/b.bin"
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {member_token}"}
+    assert client.put(url, b"old", content_type="application/octet-stream", **headers).status_code == 200
+    from experiments.mlflow_api import artifacts as handlers
+
+    body_chunks = handlers._body_chunks
+
+    def revoked_midway(request):
+        yield from body_chunks(request)
+        token_revoke(token=token_authenticate(secret=member_token))
+
+    monkeypatch.setattr(handlers, "_body_chunks", revoked_midway)
+    refused = client.put(url, b"new", content_type="application/octet-stream", **headers)
+    assert refused.status_code == 401 and refused.json()["error_code"] == "UNAUTHENTICATED"
+    assert (local_root / f"teams/{team.pk}/0/r/artifacts/b.bin").read_bytes() == b"old"
+    assert not [p for p in (local_root / ".uploads").iterdir() if p.is_file()]

@@ -37,6 +37,7 @@ from .http import (
     authenticate,
     error_response,
     exception_response,
+    forget_caller,
     invalid,
     json_response,
     mlflow_endpoint,
@@ -101,8 +102,10 @@ def _drain(request: HttpRequest) -> None:
 View = Callable[..., HttpResponse]
 
 
-def artifact_endpoint(*methods: str, auth: bool = True) -> Callable[[View], View]:
-    """Method check, token auth and MLflow's error JSON for every failure (never HTML)."""
+def artifact_endpoint(*methods: str, auth: bool = True, checked_put: bool = False) -> Callable[[View], View]:
+    """Method check, token auth and MLflow's error JSON for every failure (never HTML).
+    `checked_put`: a PUT's upload re-checks the token when it lands (see artifact), so on staged
+    storage its caller may come from the last few seconds without a database round trip."""
 
     def decorate(handler: View) -> View:
         @csrf_exempt
@@ -114,7 +117,8 @@ def artifact_endpoint(*methods: str, auth: bool = True) -> Callable[[View], View
                 )
             try:
                 if auth:
-                    return handler(request, authenticate(request), *args, **kwargs)
+                    checked = checked_put and request.method == "PUT" and artifact_services.uploads_are_staged()
+                    return handler(request, authenticate(request, for_checked_write=checked), *args, **kwargs)
                 return handler(request, *args, **kwargs)
             except Exception as exc:
                 if request.method == "PUT":
@@ -150,7 +154,7 @@ def _string(data: dict[str, Any], name: str) -> str:
 # --- Files -------------------------------------------------------------------------------------
 
 
-@artifact_endpoint("GET", "PUT", "DELETE")
+@artifact_endpoint("GET", "PUT", "DELETE", checked_put=True)
 def artifact(request: HttpRequest, caller: Caller, artifact_path: str | None = None) -> HttpResponse:
     if request.method == "GET" and artifact_path is None:
         return _list(request, caller)
@@ -159,9 +163,21 @@ def artifact(request: HttpRequest, caller: Caller, artifact_path: str | None = N
     key = artifact_services.artifact_key(team=caller.team, path=artifact_path)
     if request.method == "PUT":
         caller.ensure_can_write()
-        artifact_services.artifact_upload(
-            team=caller.team, key=key, chunks=_body_chunks(request), length=_content_length(request)
-        )
+        try:
+            artifact_services.artifact_upload(
+                team=caller.team,
+                key=key,
+                chunks=_body_chunks(request),
+                length=_content_length(request),
+                writer_token_id=caller.token.pk,
+            )
+        except artifact_services.WriterRefused:
+            # Revoked, left the team or now a viewer: say which, as a fresh request would.
+            forget_caller(request)
+            authenticate(request).ensure_can_write()
+            raise MlflowApiError(
+                "PERMISSION_DENIED", "Your access to this team changed during the upload; nothing was stored."
+            ) from None
         return json_response({})
     if request.method == "DELETE":
         caller.ensure_can_write()

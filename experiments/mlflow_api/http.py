@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -26,7 +27,7 @@ from ..errors import ConflictError, DomainError, PermissionDeniedError
 from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Team, User
 from ..services.runs import FLOAT_MAX, IngestError
-from ..services.tokens import token_authenticate, token_bind_team
+from ..services.tokens import token_authenticate, token_bind_team, token_digest
 from ..throttles import client_ip, throttle_blocked, throttle_hit
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,37 @@ def _secret_from(request: HttpRequest) -> str | None:
     return None
 
 
-def authenticate(request: HttpRequest) -> Caller:
+# Callers of recent uploads, per process: {token digest: (expiry, caller)}. Only for requests whose
+# write re-checks the token in the statement that makes it visible (services.artifacts._index with
+# writer_token_id), so a revoked token or a changed role still never stores anything.
+_UPLOAD_CALLERS: dict[str, tuple[float, Caller]] = {}
+UPLOAD_CALLER_SECONDS = 10.0
+_UPLOAD_CALLERS_MAX = 1000
+
+
+def _cached_caller(secret: str) -> Caller | None:
+    found = _UPLOAD_CALLERS.get(token_digest(secret))
+    if found is None or found[0] < time.monotonic():
+        return None
+    return found[1]
+
+
+def _remember_caller(secret: str, caller: Caller) -> None:
+    if len(_UPLOAD_CALLERS) >= _UPLOAD_CALLERS_MAX:
+        _UPLOAD_CALLERS.clear()
+    _UPLOAD_CALLERS[token_digest(secret)] = (time.monotonic() + UPLOAD_CALLER_SECONDS, caller)
+
+
+def forget_caller(request: HttpRequest) -> None:
+    secret = _secret_from(request)
+    if secret is not None:
+        _UPLOAD_CALLERS.pop(token_digest(secret), None)
+
+
+def authenticate(request: HttpRequest, *, for_checked_write: bool = False) -> Caller:
+    """The caller of an MLflow request. `for_checked_write`: the request's only effect is a write
+    that re-checks the token when it lands (artifact PUT), so a caller read in the last few seconds
+    serves without a database round trip."""
     secret = _secret_from(request)
     if secret is None:
         raise MlflowApiError(
@@ -151,28 +182,34 @@ def authenticate(request: HttpRequest) -> Caller:
     wait = throttle_blocked(scope="auth_failure", ident=ip)
     if wait is not None:
         raise _too_many(wait, "Too many failed token logins from your address.")
-    token = token_authenticate(secret=secret)
-    if token is None:
-        throttle_hit(scope="auth_failure", ident=ip)
-        raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
-    wait = throttle_hit(scope="mlflow", ident=f"token:{token.pk}")
+    caller = _cached_caller(secret) if for_checked_write else None
+    if caller is None:
+        token = token_authenticate(secret=secret)
+        if token is None:
+            throttle_hit(scope="auth_failure", ident=ip)
+            raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
+        caller = Caller(user=token.user, token=token, membership=_membership_for(token))
+        if for_checked_write and caller.can_write:  # a viewer is refused, so always asks again
+            _remember_caller(secret, caller)
+    wait = throttle_hit(scope="mlflow", ident=f"token:{caller.token.pk}")
     if wait is not None:
         raise _too_many(wait, "Request rate limit for this API token reached (THROTTLE_MLFLOW).")
-    return Caller(user=token.user, token=token, membership=_membership_for(token))
+    return caller
 
 
 def _membership_for(token: ApiToken) -> Membership:
     """The token's team; a token without one logs into the user's only team, and is pinned to it
     from then on (a running job must not stop logging when its user joins a second team)."""
     if token.team_id is not None:
-        membership = Membership.objects.select_related("team").filter(user_id=token.user_id, team_id=token.team_id)
-        found = membership.first()
-        if found is None:
+        # Read along with the token (token_authenticate): the role is current on every request.
+        member_id = getattr(token, "member_id", None)
+        if member_id is None:
             raise MlflowApiError(
                 "PERMISSION_DENIED",
                 f"This token is bound to team '{token.team.slug}', which you are no longer a member of.",
             )
-        return found
+        role = token.member_role  # type: ignore[attr-defined]
+        return Membership(pk=member_id, user=token.user, team=token.team, role=role)
     memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
     if len(memberships) == 1:
         token_bind_team(token=token, team=memberships[0].team)

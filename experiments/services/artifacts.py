@@ -23,7 +23,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from ..models import ArtifactFile, Run, Team, TrackingExperiment
+from ..models import ApiToken, ArtifactFile, Membership, Role, Run, Team, TrackingExperiment, User
 from ..storage import StreamError, TooLarge, Truncated, artifact_storage
 from .runs import IngestError
 
@@ -163,21 +163,60 @@ def _run_id_in(key: str) -> str | None:
     return None
 
 
-def _index(*, team: Team, key: str, size: int) -> None:
-    """Upsert the index row, with the run looked up in the same statement (one round-trip per
-    upload: small files are dominated by per-request database work)."""
+class WriterRefused(Exception):
+    """The uploading token may no longer write to the team (revoked, user left, now a viewer)."""
+
+
+def _index(*, team: Team, key: str, size: int, writer_token_id: int | None = None) -> None:
+    """Upsert the index row, with the run looked up in the same statement (one round trip per
+    upload: small files are dominated by per-request database work).
+
+    With `writer_token_id`, the same statement checks that this token still writes for the team
+    (live, its user active and a manager or member) and stores nothing otherwise (WriterRefused):
+    the upload's permission is current when the file becomes visible, whatever the request started
+    with.
+
+    On PostgreSQL the statement commits without waiting for its WAL flush (synchronous_commit off
+    for this transaction only; ARTIFACT_INDEX_ASYNC_COMMIT): the flush cost more than the rest of a
+    1 MB upload. The stored bytes themselves are not fsynced either, so this loses nothing a crash
+    would not: a PostgreSQL crash can drop the rows of the last fraction of a second of uploads,
+    never leave a wrong one."""
     table, runs = ArtifactFile._meta.db_table, Run._meta.db_table
     content_type = (mimetypes.guess_type(key)[0] or "application/octet-stream")[:100]
+    # set_config(..., true) lasts to the end of this statement's transaction; in the FROM clause it
+    # runs before the commit, and in one statement it works with client- and server-side binding.
+    sources, writer, params = [], "", []
+    if writer_token_id is not None:
+        tokens, users, members = ApiToken._meta.db_table, User._meta.db_table, Membership._meta.db_table
+        writer = (
+            f"WITH writer AS (SELECT m.role FROM {tokens} t JOIN {users} u ON u.id = t.user_id "
+            f"JOIN {members} m ON m.user_id = t.user_id AND m.team_id = t.team_id "
+            "WHERE t.id = %s AND t.team_id = %s AND t.revoked_at IS NULL AND u.is_active) "
+        )
+        params += [writer_token_id, team.pk]
+        sources.append("writer")
+    # Only when the statement is its own transaction: never relax a caller's larger transaction.
+    if connection.vendor == "postgresql" and settings.ARTIFACT_INDEX_ASYNC_COMMIT and not connection.in_atomic_block:
+        sources.append("(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit")
+    params += [team.pk, team.pk, _run_id_in(key), key, size, content_type,
+               connection.ops.adapt_datetimefield_value(timezone.now())]
+    where = ""
+    if writer:
+        where = " WHERE writer.role IN (%s, %s)"  # SQLite also needs a WHERE before ON CONFLICT
+        params += [Role.MANAGER, Role.MEMBER]
+    source = f" FROM {', '.join(sources)}" if sources else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (team_id, run_id, path, size, content_type, updated_at) "
-            f"VALUES (%s, (SELECT id FROM {runs} WHERE team_id = %s AND external_id = %s ORDER BY id LIMIT 1), "
-            "%s, %s, %s, %s) "
+            f"{writer}INSERT INTO {table} (team_id, run_id, path, size, content_type, updated_at) "
+            f"SELECT %s, (SELECT id FROM {runs} WHERE team_id = %s AND external_id = %s ORDER BY id LIMIT 1), "
+            f"%s, %s, %s, %s{source}{where} "
             "ON CONFLICT (path) DO UPDATE SET team_id = EXCLUDED.team_id, run_id = EXCLUDED.run_id, "
-            "size = EXCLUDED.size, content_type = EXCLUDED.content_type, updated_at = EXCLUDED.updated_at",
-            [team.pk, team.pk, _run_id_in(key), key, size, content_type,
-             connection.ops.adapt_datetimefield_value(timezone.now())],
+            "size = EXCLUDED.size, content_type = EXCLUDED.content_type, updated_at = EXCLUDED.updated_at "
+            "RETURNING 1",
+            params,
         )
+        if cursor.fetchone() is None:
+            raise WriterRefused()
 
 
 def _storage_errors(exc: Exception) -> IngestError:
@@ -195,19 +234,30 @@ def _storage_errors(exc: Exception) -> IngestError:
 # --- Single uploads and deletes ----------------------------------------------------------------
 
 
-def artifact_upload(*, team: Team, key: str, chunks: Iterable[bytes], length: int | None = None) -> int:
-    """Stream `chunks` into storage at `key` (a value of artifact_key) and index it; returns the size."""
+def uploads_are_staged() -> bool:
+    """Whether an upload becomes visible only after its index statement (local storage): then that
+    statement's writer check alone guards it, and the request may start from a recent caller."""
+    return artifact_storage().stages_writes
+
+
+def artifact_upload(
+    *, team: Team, key: str, chunks: Iterable[bytes], length: int | None = None, writer_token_id: int | None = None
+) -> int:
+    """Stream `chunks` into storage at `key` (a value of artifact_key) and index it; returns the size.
+    With `writer_token_id` the file is placed only if that token still writes for the team, checked
+    by the index statement itself (WriterRefused otherwise)."""
     if key.count("/") < 2:
         raise invalid_path("a file cannot take the place of the team's directory")
     limit = max_file_size()
     if limit is not None and length is not None and length > limit:
         raise too_large(limit)
+    def index(size: int) -> None:
+        _index(team=team, key=key, size=size, writer_token_id=writer_token_id)
+
     try:
-        size = artifact_storage().save_stream(key, chunks, limit=limit)
+        return artifact_storage().save_stream(key, chunks, limit=limit, before_place=index)
     except (StreamError, SuspiciousFileOperation, OSError) as exc:
         raise _storage_errors(exc) from None
-    _index(team=team, key=key, size=size)
-    return size
 
 
 def artifact_delete(*, team: Team, key: str) -> int:
@@ -257,7 +307,9 @@ def artifact_mpu_create(*, team: Team, key: str, num_parts: int) -> tuple[str, l
     except SuspiciousFileOperation as exc:
         raise invalid_path(str(exc)) from None
     tokens = [
-        signing.dumps({"t": team.pk, "k": key, "u": upload_id, "n": number}, salt=PART_SALT, compress=True)
+        signing.dumps(
+            {"t": team.pk, "k": key, "u": upload_id, "n": number, "of": num_parts}, salt=PART_SALT, compress=True
+        )
         for number in range(1, num_parts + 1)
     ]
     return _handle(team=team, key=key, upload_id=upload_id), tokens
@@ -273,7 +325,11 @@ def artifact_mpu_part(*, token: str, chunks: Iterable[bytes], length: int | None
     if limit is not None and length is not None and length > limit:
         raise too_large(limit)
     try:
-        return artifact_storage().mpu_put_part(data["k"], data["u"], int(data["n"]), chunks)
+        # How many parts and this part's length let local storage write it straight into place.
+        num_parts = int(data["of"]) if "of" in data else None
+        return artifact_storage().mpu_put_part(
+            data["k"], data["u"], int(data["n"]), chunks, num_parts=num_parts, length=length
+        )
     except FileNotFoundError:
         raise IngestError(
             "The multipart upload was completed or aborted.", mlflow_code="RESOURCE_DOES_NOT_EXIST"

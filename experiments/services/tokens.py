@@ -4,15 +4,16 @@ import hashlib
 import secrets
 
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from ..errors import DomainError
-from ..models import ApiToken, Team, User
+from ..models import ApiToken, Membership, Team, User
 
 TOKEN_PREFIX = "mlb_"
 
 
-def _digest(secret: str) -> str:
+def token_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -25,14 +26,21 @@ def token_create(*, user: User, name: str, team: Team | None = None) -> tuple[Ap
     if team is not None and not team.memberships.filter(user=user).exists():
         raise DomainError("You are not a member of that team.", field="team")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(user=user, team=team, name=name[:80], prefix=secret[:12], digest=_digest(secret))
+    token = ApiToken.objects.create(
+        user=user, team=team, name=name[:80], prefix=secret[:12], digest=token_digest(secret)
+    )
     return token, secret
 
 
 def token_authenticate(*, secret: str) -> ApiToken | None:
+    """The live token for `secret`, with its user and team, and (same query: one round trip per API
+    request, not two) `member_id` and `member_role`: the user's current membership of the token's
+    team, None when the token is unbound or the user has left that team."""
+    member = Membership.objects.filter(user_id=OuterRef("user_id"), team_id=OuterRef("team_id"))
     token = (
         ApiToken.objects.select_related("user", "team")
-        .filter(digest=_digest(secret), revoked_at__isnull=True, user__is_active=True)
+        .annotate(member_id=Subquery(member.values("pk")[:1]), member_role=Subquery(member.values("role")[:1]))
+        .filter(digest=token_digest(secret), revoked_at__isnull=True, user__is_active=True)
         .first()
     )
     if token is not None:

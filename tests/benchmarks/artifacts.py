@@ -245,16 +245,16 @@ print(token_create(user=user, name="bench", team=team)[1])
 """
 
 
-def mlboard_database(work: Path, sqlite: bool) -> str:
+def mlboard_database(work: Path, sqlite: bool, name: str) -> str:
     """A fresh PostgreSQL database (production's backend), or a SQLite file with --sqlite."""
     if sqlite:
         return f"sqlite:///{work / 'mlboard.sqlite3'}"
     import psycopg
 
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute('DROP DATABASE IF EXISTS "mlboard_artifacts_bench" WITH (FORCE)')
-        conn.execute('CREATE DATABASE "mlboard_artifacts_bench"')
-    return f"{PG}/mlboard_artifacts_bench"
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG}/{name}"
 
 
 def mlboard_env(work: Path, database_url: str) -> dict[str, str]:
@@ -286,6 +286,8 @@ def main() -> int:
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--sqlite", action="store_true", help="mlboard on SQLite instead of PostgreSQL")
     parser.add_argument("--work-dir", default=None, help="where test data and both artifact stores go")
+    parser.add_argument("--pg-database", default="mlboard_artifacts_bench",
+                        help="PostgreSQL database to (re)create for mlboard; it is dropped first")
     args = parser.parse_args()
     if args.files * args.file_mb > 4096 or args.big_mb > 4096:
         parser.error("keep the data under 4 GB per kind")
@@ -302,7 +304,7 @@ def main() -> int:
     targets: list[Target] = []
     try:
         with ExitStack() as stack:
-            env = mlboard_env(work, mlboard_database(work, args.sqlite))
+            env = mlboard_env(work, mlboard_database(work, args.sqlite, args.pg_database))
             token = subprocess.run(
                 [sys.executable, "-c", SETUP_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                 timeout=300, check=True,

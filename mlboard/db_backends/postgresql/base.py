@@ -1,4 +1,5 @@
-"""Django's PostgreSQL backend, waiting out a database restart when it opens a connection.
+"""Django's PostgreSQL backend, waiting out a database restart when it opens a connection, with a
+health check that costs no round trip while the connection is quiet.
 
 CONN_HEALTH_CHECKS replaces a persistent connection that a restart broke; this makes the new
 connection wait (up to DB_CONNECT_RETRY_SECONDS, with backoff) while the server is down or still
@@ -6,11 +7,13 @@ starting, so a request that arrives during a restart is served late instead of f
 
 from __future__ import annotations
 
+import select
 import time
 from typing import Any
 
 from django.conf import settings
 from django.db.backends.postgresql import base
+from psycopg.pq import TransactionStatus
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -25,3 +28,22 @@ class DatabaseWrapper(base.DatabaseWrapper):
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def is_usable(self) -> bool:
+        """Django's check sends SELECT 1 before every request's first query: one more round trip per
+        request. The server sends nothing to an idle session unless it is going away (a restart or
+        pg_terminate_backend sends its FATAL message, then EOF), so an idle connection whose socket has
+        nothing to read is usable as far as SELECT 1 could tell; anything to read, or a session
+        that is not idle, gets Django's full check."""
+        connection = self.connection
+        if connection is None or connection.closed or connection.broken:
+            return False
+        if connection.info.transaction_status != TransactionStatus.IDLE:
+            return super().is_usable()
+        try:
+            poller = select.poll()
+            poller.register(connection.fileno(), select.POLLIN | select.POLLPRI)
+            pending = poller.poll(0)
+        except (OSError, ValueError):
+            return False
+        return not pending or super().is_usable()
