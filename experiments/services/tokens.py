@@ -4,10 +4,11 @@ import hashlib
 import secrets
 
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from ..errors import DomainError
-from ..models import ApiToken, Team, User
+from ..models import ApiToken, Membership, Team, User
 
 TOKEN_PREFIX = "mlb_"
 
@@ -29,12 +30,20 @@ def token_create(*, user: User, name: str, team: Team | None = None) -> tuple[Ap
     return token, secret
 
 
-def token_authenticate(*, secret: str) -> ApiToken | None:
-    token = (
-        ApiToken.objects.select_related("user", "team")
-        .filter(digest=_digest(secret), revoked_at__isnull=True, user__is_active=True)
-        .first()
+def token_authenticate(*, secret: str, with_team_role: bool = False) -> ApiToken | None:
+    """The live token for `secret`, or None. `with_team_role` also fetches, in the same query, the
+    user's membership of the token's team as `team_membership_id` and `team_role` (None when the
+    token has no team or the user left it): the MLflow endpoint's hot path needs both per request."""
+    queryset = ApiToken.objects.select_related("user", "team").filter(
+        digest=_digest(secret), revoked_at__isnull=True, user__is_active=True
     )
+    if with_team_role:
+        membership = Membership.objects.filter(user_id=OuterRef("user_id"), team_id=OuterRef("team_id"))
+        queryset = queryset.annotate(
+            team_membership_id=Subquery(membership.values("pk")[:1]),
+            team_role=Subquery(membership.values("role")[:1]),
+        )
+    token = queryset.first()
     if token is not None:
         now = timezone.now()
         # Avoid a write per request: last-used is precise to the minute.
