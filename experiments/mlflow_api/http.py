@@ -151,7 +151,7 @@ def authenticate(request: HttpRequest) -> Caller:
     wait = throttle_blocked(scope="auth_failure", ident=ip)
     if wait is not None:
         raise _too_many(wait, "Too many failed token logins from your address.")
-    token = token_authenticate(secret=secret, with_team_role=True)
+    token = token_authenticate(secret=secret)
     if token is None:
         throttle_hit(scope="auth_failure", ident=ip)
         raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
@@ -165,18 +165,13 @@ def _membership_for(token: ApiToken) -> Membership:
     """The token's team; a token without one logs into the user's only team, and is pinned to it
     from then on (a running job must not stop logging when its user joins a second team)."""
     if token.team_id is not None:
-        # The usual case costs no query: token_authenticate(with_team_role=True) brought the membership.
-        if hasattr(token, "team_role"):
-            role, membership_id = token.team_role, token.team_membership_id
-        else:
-            found = Membership.objects.filter(user_id=token.user_id, team_id=token.team_id).first()
-            role, membership_id = (found.role, found.pk) if found else (None, None)
-        if role is None:
+        # No query: token_authenticate brought the membership along.
+        if token.team_role is None:
             raise MlflowApiError(
                 "PERMISSION_DENIED",
                 f"This token is bound to team '{token.team.slug}', which you are no longer a member of.",
             )
-        return Membership(pk=membership_id, team=token.team, user=token.user, role=role)
+        return Membership(pk=token.team_membership_id, team=token.team, user=token.user, role=token.team_role)
     memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
     if len(memberships) == 1:
         token_bind_team(token=token, team=memberships[0].team)
