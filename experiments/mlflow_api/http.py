@@ -24,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from ..errors import ConflictError, DomainError, PermissionDeniedError
 from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
-from ..models import ApiToken, Membership, Team, User
+from ..models import ApiToken, Membership, Run, Team, User
 from ..services.runs import FLOAT_MAX, IngestError
 from ..services.tokens import token_authenticate, token_bind_team
 from ..throttles import client_ip, throttle_blocked, throttle_hit
@@ -103,6 +103,8 @@ class Caller:
     user: User
     token: ApiToken
     membership: Membership
+    # The team's run named by the body's run_id, loaded with the token (None: not found or not asked).
+    run: Run | None = None
 
     @property
     def team(self) -> Team:
@@ -139,7 +141,7 @@ def _secret_from(request: HttpRequest) -> str | None:
     return None
 
 
-def authenticate(request: HttpRequest) -> Caller:
+def authenticate(request: HttpRequest, *, run_id: str | None = None) -> Caller:
     secret = _secret_from(request)
     if secret is None:
         raise MlflowApiError(
@@ -151,14 +153,14 @@ def authenticate(request: HttpRequest) -> Caller:
     wait = throttle_blocked(scope="auth_failure", ident=ip)
     if wait is not None:
         raise _too_many(wait, "Too many failed token logins from your address.")
-    token = token_authenticate(secret=secret)
+    token = token_authenticate(secret=secret, team_run_id=run_id)
     if token is None:
         throttle_hit(scope="auth_failure", ident=ip)
         raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
     wait = throttle_hit(scope="mlflow", ident=f"token:{token.pk}")
     if wait is not None:
         raise _too_many(wait, "Request rate limit for this API token reached (THROTTLE_MLFLOW).")
-    return Caller(user=token.user, token=token, membership=_membership_for(token))
+    return Caller(user=token.user, token=token, membership=_membership_for(token), run=token.team_run)
 
 
 def _membership_for(token: ApiToken) -> Membership:
@@ -295,8 +297,16 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                     "ENDPOINT_NOT_FOUND", f"{request.method} is not supported here; use {' or '.join(methods)}."
                 )
             try:
-                caller = authenticate(request)
-                body = parse_body(request, max_bytes=max_bytes)
+                # The body first, so the run it names comes with the token's query; a bad body is
+                # still reported only after authentication.
+                try:
+                    body, problem = parse_body(request, max_bytes=max_bytes), None
+                except (MlflowApiError, DomainError) as exc:
+                    body, problem = None, exc
+                run_id = (body.get("run_id") or body.get("run_uuid")) if body else None
+                caller = authenticate(request, run_id=run_id if isinstance(run_id, str) else None)
+                if problem is not None:
+                    raise problem
                 return json_response(handler(caller, body, **kwargs))
             except Exception as exc:
                 return exception_response(request, exc)
