@@ -342,13 +342,13 @@ def drive(target: Target, route: str, bodies: list[list[bytes]]) -> tuple[float,
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(target: Target) -> float:
-    """User + system CPU of the server's processes and of the PostgreSQL backends serving its database:
-    on a shared machine, CPU per request is steadier than requests per second."""
+def cpu_ticks(target: Target) -> dict[int, int]:
+    """User + system CPU ticks per process: the server's processes and the PostgreSQL backends serving
+    its database. On a shared machine, CPU per request is steadier than requests per second."""
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         backends = {row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
                                                    [target.database_url.rsplit("/", 1)[1]])}
-    total = 0
+    ticks = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -358,8 +358,14 @@ def cpu_seconds(target: Target) -> float:
         except OSError:
             continue
         if int(fields[2]) == target.pgid or int(entry) in backends:
-            total += int(fields[11]) + int(fields[12])
-    return total / TICK
+            ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def cpu_since(target: Target, before: dict[int, int]) -> float:
+    """CPU seconds used since `before` by the processes alive now (one that exited in between is
+    missed, never counted negative)."""
+    return sum(now - before.get(pid, 0) for pid, now in cpu_ticks(target).items()) / TICK
 
 
 def stored(target: Target, run_ids: list[str]) -> int:
@@ -385,9 +391,9 @@ def measure(target: Target, exp: str, load: Workload, sink: list[float], cpu: li
             problems: list[str]) -> float:
     runs = new_runs(target, exp, load.threads)
     bodies = [[load.body(run, i) for i in range(load.requests)] for run in runs]
-    cpu_before = cpu_seconds(target)
+    cpu_before = cpu_ticks(target)
     seconds, errors = drive(target, load.route, bodies)
-    used = cpu_seconds(target) - cpu_before - target.idle_cpu * seconds
+    used = cpu_since(target, cpu_before) - target.idle_cpu * seconds
     expected = load.threads * load.requests * load.points
     got = stored(target, runs)
     if errors or got != expected:
@@ -515,9 +521,9 @@ def main() -> int:
                          Workload("warm", step.route, 8, 20, 1, step_body, "req/s")):
                 measure(target, experiments[target.name], warm, [], [], problems)
         for target in targets:
-            before = cpu_seconds(target)
+            before = cpu_ticks(target)
             time.sleep(10)
-            target.idle_cpu = (cpu_seconds(target) - before) / 10
+            target.idle_cpu = cpu_since(target, before) / 10
             print(f"{target.name} idle: {target.idle_cpu * 100:.0f}% of a core (subtracted from CPU per request)")
         for size in sizes:
             print(f"\n== {size:,} stored points: filling", flush=True)
