@@ -73,9 +73,9 @@ def _batch(run_id: str, n: int, *, offset: int = 0) -> dict:
 @pytest.mark.parametrize("size", [100, 200])
 def test_log_batch_query_count_is_constant(post, team, member, django_assert_num_queries, size):
     run = run_create(team=team, user=member, name="bench")
-    # token with the caller's membership, run; then savepoint, params insert + check, points insert and latest upsert
-    # (one statement on PostgreSQL), run lock + save for the tags, release.
-    with django_assert_num_queries(9 if connection.vendor == "postgresql" else 10):
+    # token with its team membership and the run; then savepoint, params insert + check, points insert
+    # and latest upsert (one statement on PostgreSQL), run lock + save for the tags, release.
+    with django_assert_num_queries(8 if connection.vendor == "postgresql" else 9):
         response = post("runs/log-batch", _batch(run.external_id, size))
     assert response.status_code == 200, response.content
     assert Metric.objects.filter(run=run).count() == size
@@ -86,11 +86,50 @@ def test_log_batch_query_count_is_constant(post, team, member, django_assert_num
 def test_metrics_only_batch_query_count(post, team, member, django_assert_num_queries, size):
     run = run_create(team=team, user=member, name="bench")
     payload = {"run_id": run.external_id, "metrics": _batch(run.external_id, size)["metrics"]}
-    # token with membership, run; savepoint, points insert, latest upsert (one statement on PostgreSQL),
-    # release. The run was touched just now, so its last-activity time is not rewritten.
-    with django_assert_num_queries(5 if connection.vendor == "postgresql" else 6):
+    # token with its team membership and the run, then on PostgreSQL one statement for points and
+    # latest values, atomic by itself so no savepoint (SQLite: savepoint, points, latest values,
+    # release). The run was touched just now, so its last-activity time is not rewritten.
+    with django_assert_num_queries(2 if connection.vendor == "postgresql" else 5):
         assert post("runs/log-batch", payload).status_code == 200
     assert Metric.objects.filter(run=run).count() == size
+
+
+@pytest.mark.parametrize("stored", [50, 100])
+def test_log_metric_query_count(post, team, member, django_assert_num_queries, stored):
+    """Per-step logging (one point per request) costs the same few queries however long the series."""
+    run = run_create(team=team, user=member, name="steps")
+    run_log_batch(run=run, metrics=[MetricPoint("loss", 1 / (i + 1), i, 1000 + i) for i in range(stored)])
+    point = {"run_id": run.external_id, "key": "loss", "value": 0.01, "timestamp": 5000, "step": stored}
+    with django_assert_num_queries(2 if connection.vendor == "postgresql" else 5):
+        assert post("runs/log-metric", point).status_code == 200
+    assert Metric.objects.filter(run=run).count() == stored + 1
+    latest = LatestMetric.objects.get(run=run, key="loss")
+    assert (latest.step, latest.value) == (stored, 0.01)
+
+
+def test_token_of_a_team_the_user_left_or_is_viewer_in_cannot_log(client, make_user, team):
+    """The membership comes with the token in one query; leaving the team or becoming a viewer takes
+    effect on the very next request."""
+    from experiments.models import Membership, Role
+
+    user = make_user("leaver")
+    membership = Membership.objects.create(team=team, user=user, role=Role.MEMBER)
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=user, name='t', team=team)[1]}"}
+    run = run_create(team=team, user=user, name="r")
+    point = {"run_id": run.external_id, "key": "loss", "value": 1.0, "timestamp": 1, "step": 0}
+
+    def log():
+        return client.post(f"{API}/runs/log-metric", data=json.dumps(point), content_type="application/json",
+                           **headers)
+
+    assert log().status_code == 200
+    Membership.objects.filter(pk=membership.pk).update(role=Role.VIEWER)
+    response = log()
+    assert response.status_code == 403 and "viewer" in response.json()["message"]
+    membership.delete()
+    response = log()
+    assert response.status_code == 403 and "no longer a member" in response.json()["message"]
+    assert Metric.objects.filter(run=run).count() == 1
 
 
 @pytest.mark.parametrize("count", [3, 6])
@@ -188,7 +227,7 @@ def test_get_run_query_count(get, team, member, django_assert_num_queries, count
         DatasetSpec(f"d{i}", f"{i:08x}", "local", '{"uri": "/data"}', tags={"mlflow.data.context": "training"})
         for i in range(count)
     ])
-    # token with membership, run, latest metrics, params, datasets, model inputs/outputs
+    # token with its team membership, run, latest metrics, params, datasets, model inputs/outputs
     with django_assert_num_queries(6):
         response = get("runs/get", {"run_id": run.external_id})
     data = response.json()["run"]["data"]
@@ -310,3 +349,32 @@ def test_member_read_of_missing_default_experiment_creates_it(team, get):
     response = get("experiments/get", {"experiment_id": "0"})
     assert response.status_code == 200 and response.json()["experiment"]["name"] == "Default"
     assert TrackingExperiment.objects.filter(team=team, name="Default", source="mlboard").count() == 1
+
+
+def test_run_loaded_with_the_token_is_only_the_token_teams(client, member, team, outsider, other_team):
+    """The run named in the body comes in the token's query, joined on the token's team: another
+    team's run id is still 'not found', a deleted run still refused, a token without a team still
+    resolves its run the usual way, and a bad body from a bad token is still 401 first."""
+    from experiments.services.runs import run_delete
+
+    theirs = run_create(team=other_team, user=outsider, name="theirs")
+    ours = run_create(team=team, user=member, name="ours")
+    gone = run_delete(run=run_create(team=team, user=member, name="gone"))
+    bound = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=member, name='b', team=team)[1]}"}
+    unbound = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=member, name='u')[1]}"}
+
+    def log(headers, run_id, step=0, raw=None):
+        body = raw if raw is not None else json.dumps(
+            {"run_id": run_id, "key": "loss", "value": 1.0, "timestamp": 1, "step": step})
+        return client.post(f"{API}/runs/log-metric", data=body, content_type="application/json", **headers)
+
+    response = log(bound, theirs.external_id)
+    assert response.status_code == 404 and response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    assert log(bound, gone.external_id).json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert log(bound, ours.external_id).status_code == 200
+    assert log(unbound, ours.external_id, step=1).status_code == 200
+    assert list(Metric.objects.filter(run=ours).values_list("step", flat=True).order_by("step")) == [0, 1]
+    assert not Metric.objects.filter(run__in=[theirs, gone]).exists()
+    bad = {"HTTP_AUTHORIZATION": "Bearer mlb_nope"}
+    assert log(bad, "", raw="{not json").json()["error_code"] == "UNAUTHENTICATED"
+    assert log(bound, "", raw="{not json").json()["error_code"] == "BAD_REQUEST"

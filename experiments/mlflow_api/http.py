@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from ..errors import ConflictError, DomainError, PermissionDeniedError
 from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
-from ..models import ApiToken, Membership, Team, User
+from ..models import ApiToken, Membership, Run, Team, User
 from ..services.runs import FLOAT_MAX, IngestError
 from ..services.tokens import token_authenticate, token_bind_team, token_digest
 from ..throttles import client_ip, throttle_blocked, throttle_hit
@@ -104,6 +104,8 @@ class Caller:
     user: User
     token: ApiToken
     membership: Membership
+    # The team's run named by the body's run_id, loaded with the token (None: not found or not asked).
+    run: Run | None = None
 
     @property
     def team(self) -> Team:
@@ -167,10 +169,11 @@ def forget_caller(request: HttpRequest) -> None:
         _UPLOAD_CALLERS.pop(token_digest(secret), None)
 
 
-def authenticate(request: HttpRequest, *, for_checked_write: bool = False) -> Caller:
-    """The caller of an MLflow request. `for_checked_write`: the request's only effect is a write
-    that re-checks the token when it lands (artifact PUT), so a caller read in the last few seconds
-    serves without a database round trip."""
+def authenticate(request: HttpRequest, *, run_id: str | None = None, for_checked_write: bool = False) -> Caller:
+    """The caller of an MLflow request; with `run_id`, that run of the token's team comes in the same
+    query (Caller.run). `for_checked_write`: the request's only effect is a write that re-checks the
+    token when it lands (artifact PUT), so a caller read in the last few seconds serves without a
+    database round trip."""
     secret = _secret_from(request)
     if secret is None:
         raise MlflowApiError(
@@ -184,11 +187,11 @@ def authenticate(request: HttpRequest, *, for_checked_write: bool = False) -> Ca
         raise _too_many(wait, "Too many failed token logins from your address.")
     caller = _cached_caller(secret) if for_checked_write else None
     if caller is None:
-        token = token_authenticate(secret=secret)
+        token = token_authenticate(secret=secret, team_run_id=run_id)
         if token is None:
             throttle_hit(scope="auth_failure", ident=ip)
             raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
-        caller = Caller(user=token.user, token=token, membership=_membership_for(token))
+        caller = Caller(user=token.user, token=token, membership=_membership_for(token), run=token.team_run)
         if for_checked_write and caller.can_write:  # a viewer is refused, so always asks again
             _remember_caller(secret, caller)
     wait = throttle_hit(scope="mlflow", ident=f"token:{caller.token.pk}")
@@ -201,15 +204,13 @@ def _membership_for(token: ApiToken) -> Membership:
     """The token's team; a token without one logs into the user's only team, and is pinned to it
     from then on (a running job must not stop logging when its user joins a second team)."""
     if token.team_id is not None:
-        # Read along with the token (token_authenticate): the role is current on every request.
-        member_id = getattr(token, "member_id", None)
-        if member_id is None:
+        # No query: token_authenticate brought the membership along.
+        if token.team_role is None:
             raise MlflowApiError(
                 "PERMISSION_DENIED",
                 f"This token is bound to team '{token.team.slug}', which you are no longer a member of.",
             )
-        role = token.member_role  # type: ignore[attr-defined]
-        return Membership(pk=member_id, user=token.user, team=token.team, role=role)
+        return Membership(pk=token.team_membership_id, team=token.team, user=token.user, role=token.team_role)
     memberships = list(Membership.objects.select_related("team").filter(user_id=token.user_id).order_by("team__slug"))
     if len(memberships) == 1:
         token_bind_team(token=token, team=memberships[0].team)
@@ -346,8 +347,16 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                     "ENDPOINT_NOT_FOUND", f"{request.method} is not supported here; use {' or '.join(methods)}."
                 )
             try:
-                caller = authenticate(request)
-                body = parse_body(request, max_bytes=max_bytes)
+                # The body first, so the run it names comes with the token's query; a bad body is
+                # still reported only after authentication.
+                try:
+                    body, problem = parse_body(request, max_bytes=max_bytes), None
+                except (MlflowApiError, DomainError) as exc:
+                    body, problem = None, exc
+                run_id = (body.get("run_id") or body.get("run_uuid")) if body else None
+                caller = authenticate(request, run_id=run_id if isinstance(run_id, str) else None)
+                if problem is not None:
+                    raise problem
                 return json_response(handler(caller, body, **kwargs))
             except Exception as exc:
                 return exception_response(request, exc)

@@ -52,7 +52,10 @@ def _experiment_for_write(caller: Caller, experiment_id: str) -> TrackingExperim
 
 def _active_run(caller: Caller, body: Body) -> Run:
     caller.ensure_can_write()
-    run = selectors.run_by_id(team=caller.team, run_id=body.run_id())
+    run_id = body.run_id()
+    # Usually loaded along with the token (http.authenticate): no query of its own.
+    run = caller.run if caller.run is not None and caller.run.external_id == run_id else None
+    run = run or selectors.run_by_id(team=caller.team, run_id=run_id)
     if run.lifecycle_stage != run_services.ACTIVE:
         raise invalid(
             f"The run {run.external_id} must be in the 'active' state. Current state is {run.lifecycle_stage}."
