@@ -95,7 +95,9 @@ urlpatterns += [
     re_path(_ARTIFACTS + r"presigned/(?s:(?P<artifact_path>.*))$", artifacts.presigned),
     # mlflow server's UI download routes (outside api/), same checks as the proxy.
     re_path(r"^get-artifact$", artifacts.run_artifact_get, name="mlflow-get-artifact"),
-    re_path(r"^(?:/*)model-versions/get-artifact$", artifacts.model_version_artifact_get, name="mlflow-mv-get-artifact"),
+    re_path(
+        r"^(?:/*)model-versions/get-artifact$", artifacts.model_version_artifact_get, name="mlflow-mv-get-artifact"
+    ),
     re_path(r"^(?:api|ajax-api)/3\.0/mlflow/server-info$", artifacts.server_info, name="mlflow-server-info"),
     # Tracing is not stored: MLflow's NOT_IMPLEMENTED, which the client reports as a warning.
     re_path(r"^(?:api|ajax-api)/\d+\.\d+/mlflow/traces", views.traces_unsupported, name="mlflow-traces"),
