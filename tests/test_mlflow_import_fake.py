@@ -153,38 +153,24 @@ class FakeMlflow:
                 self.wfile.write(body)
 
             def _artifacts(self, parts: Any) -> None:
-                if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
-                    self._send(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid credentials"})
+                if not self._authorized():
                     return
                 rest = parts.path[len(ARTIFACTS_PREFIX):].strip("/")
                 if not rest:  # listing: GET .../artifacts?path=<dir>
                     path = {k: v[0] for k, v in parse_qs(parts.query).items()}.get("path", "")
                     self._send(200, fake._artifact_list(path))
                     return
-                content = fake.artifacts.get(rest)
-                if content is None:
-                    self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No such file"})
-                    return
-                with fake._lock:
-                    fake.artifact_downloads.append(rest)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
+                self._send_file(rest)
 
-            def _get_artifact(self, parts: Any) -> None:
-                """The server's `get-artifact` route: one file of a run, from wherever the run stores it."""
+            def _authorized(self) -> bool:
                 if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
                     self._send(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid credentials"})
-                    return
-                args = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                run = fake.runs.get(args.get("run_id", ""))
-                root = run["info"]["artifact_uri"] if run else ""
-                if root.startswith("mlflow-artifacts:/"):
-                    root = root[len("mlflow-artifacts:/"):]
-                key = f"{root}/{args.get('path', '')}"
-                content = fake.artifacts.get(key) if run else None
+                    return False
+                return True
+
+            def _send_file(self, key: str) -> None:
+                """The stored file at `key` as the download answer (recorded), or MLflow's 404."""
+                content = fake.artifacts.get(key)
                 if content is None:
                     self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No such file"})
                     return
@@ -195,6 +181,20 @@ class FakeMlflow:
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
                 self.wfile.write(content)
+
+            def _get_artifact(self, parts: Any) -> None:
+                """The server's `get-artifact` route: one file of a run, from wherever the run stores it."""
+                if not self._authorized():
+                    return
+                args = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                run = fake.runs.get(args.get("run_id", ""))
+                if run is None:
+                    self._send(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No such run"})
+                    return
+                root = run["info"]["artifact_uri"]
+                if root.startswith("mlflow-artifacts:/"):
+                    root = root[len("mlflow-artifacts:/"):]
+                self._send_file(f"{root}/{args.get('path', '')}")
 
             def _dispatch(self, method: str) -> None:
                 parts = urlsplit(self.path)
