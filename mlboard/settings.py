@@ -101,6 +101,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Same backend, but a new connection waits out a database restart (mlboard/db_backends/postgresql).
     DATABASES["default"]["ENGINE"] = "mlboard.db_backends.postgresql"
 DB_CONNECT_RETRY_SECONDS = float(os.environ.get("DB_CONNECT_RETRY_SECONDS", "10"))
+# The fixed statements of every logging request (token lookup, metric insert) are prepared once per
+# connection on PostgreSQL; 0 for a pooler in transaction mode that does not keep prepared statements.
+DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "experiments.User"
 

@@ -58,3 +58,71 @@ def test_connection_inside_a_transaction_gets_the_full_check(postgres_connection
     finally:
         raw.execute("ROLLBACK")
     assert calls == [1]
+
+
+# --- prepared statements -------------------------------------------------------------------------
+
+
+def _prepared(conn) -> list[str]:
+    with conn.cursor() as cursor:  # a plain cursor: this query itself is not prepared
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.fixture
+def logging_request(postgres_connection, member, team, client):
+    import json
+
+    from experiments.services.runs import run_create
+    from experiments.services.tokens import token_create
+
+    postgres_connection.close()  # a new session: nothing prepared yet
+    secret = token_create(user=member, name="t", team=team)[1]
+    run = run_create(team=team, user=member, name="r")
+
+    def send(step: int):
+        body = {"run_id": run.external_id, "key": "loss", "value": 1 / (step + 1), "timestamp": 1000 + step,
+                "step": step}
+        response = client.post("/mlflow/api/2.0/mlflow/runs/log-metric", data=json.dumps(body),
+                               content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
+        assert response.status_code == 200, response.content
+
+    return run, send
+
+
+def test_logging_statements_are_prepared_once_per_connection(postgres_connection, logging_request):
+    run, send = logging_request
+    send(0)
+    prepared = _prepared(postgres_connection)
+    # The token lookup and the metric insert, and nothing the ORM sent.
+    assert len(prepared) == 2, prepared
+    assert any("experiments_apitoken" in s for s in prepared)
+    assert any("INSERT INTO \"experiments_metric\"" in s for s in prepared)
+    for step in range(1, 20):
+        send(step)
+    assert sorted(_prepared(postgres_connection)) == sorted(prepared)  # reused, never prepared again
+    assert run.metrics.count() == 20
+    assert run.latest_metrics.get(key="loss").step == 19
+
+
+def test_prepared_statements_survive_a_rolled_back_transaction(postgres_connection, member, team):
+    from django.db import transaction
+
+    from experiments.services.runs import MetricPoint, run_create, run_log_batch
+
+    run = run_create(team=team, user=member, name="r")
+    with transaction.atomic():
+        run_log_batch(run=run, metrics=[MetricPoint("loss", 0.5, 0, 1)])
+        transaction.set_rollback(True)
+    run_log_batch(run=run, metrics=[MetricPoint("loss", 0.25, 1, 2)])
+    assert list(run.metrics.values_list("step", flat=True)) == [1]
+
+
+def test_prepared_statements_can_be_turned_off(postgres_connection, logging_request, settings):
+    settings.DB_PREPARED_STATEMENTS = False
+    postgres_connection.close()  # the setting is read when a connection opens
+    run, send = logging_request
+    send(0)
+    send(1)
+    assert _prepared(postgres_connection) == []
+    assert run.metrics.count() == 2

@@ -47,6 +47,7 @@ from ..models import (
     User,
 )
 from ..selectors.metrics import series_version_bump
+from . import prepared_cursor
 from .cards import card_flag, card_move_to_stage, event_record
 from .metric_blocks import metric_blocks_add
 from .metric_blocks import postgresql_upsert_cte as metric_blocks_upsert_cte
@@ -672,26 +673,36 @@ def _json_rows(rows: Sequence[tuple]) -> str:
 
 
 _PG_UNPACK = (
-    "SELECT %s, e->>0, (e->>1)::double precision, (e->>2)::boolean, (e->>3)::bigint, (e->>4)::bigint "
+    "SELECT %s::bigint, e->>0, (e->>1)::double precision, (e->>2)::boolean, (e->>3)::bigint, (e->>4)::bigint "
     "FROM jsonb_array_elements(%s::jsonb) AS e"
 )
 
 
+_log_metrics_sql: list[str] = []
+
+
+def _log_metrics_statement() -> str:
+    """Built once per process: one fixed string, so PostgreSQL prepares it once per connection."""
+    if not _log_metrics_sql:
+        qn = connection.ops.quote_name
+        columns = ", ".join(qn(c) for c in _METRIC_COLUMNS)
+        metric, latest_table = qn(Metric._meta.db_table), qn(LatestMetric._meta.db_table)
+        _log_metrics_sql.append(
+            f"WITH added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK} ON CONFLICT DO NOTHING "
+            f"RETURNING {qn('key')}, {qn('value')}, {qn('is_nan')}, {qn('step')}), "
+            f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK} {_latest_conflict()}), "
+            # Chart rollups (MetricBlock) of the points that were new: see services/metric_blocks.py.
+            f"blocks AS ({metric_blocks_upsert_cte('added')}) "
+            "SELECT count(*) FROM added"
+        )
+    return _log_metrics_sql[0]
+
+
 def _log_metrics_postgresql(rows: Sequence[tuple], latest: Sequence[tuple]) -> int:
     """Points and latest values in ONE statement (a data-modifying CTE): one round trip per batch."""
-    qn = connection.ops.quote_name
-    columns = ", ".join(qn(c) for c in _METRIC_COLUMNS)
-    metric, latest_table = qn(Metric._meta.db_table), qn(LatestMetric._meta.db_table)
-    sql = (
-        f"WITH added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK} ON CONFLICT DO NOTHING "
-        f"RETURNING {qn('key')}, {qn('value')}, {qn('is_nan')}, {qn('step')}), "
-        f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK} {_latest_conflict()}), "
-        # Chart rollups (MetricBlock) of the points that were new: see services/metric_blocks.py.
-        f"blocks AS ({metric_blocks_upsert_cte('added')}) "
-        "SELECT count(*) FROM added"
-    )
+    sql = _log_metrics_statement()
     run_id = rows[0][0]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, [run_id, _json_rows(rows), run_id, _json_rows(latest), run_id])
         return cursor.fetchone()[0]
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from ..errors import DomainError
 from ..models import ApiToken, Membership, Run, Team, User
+from . import prepared_cursor
 
 TOKEN_PREFIX = "mlb_"
 
@@ -47,30 +49,63 @@ def token_authenticate(*, secret: str, team_run_id: str | None = None) -> ApiTok
 
 
 _MODELS = (ApiToken, User, Team)
-_token_sql: dict[bool, str] = {}
 
 
-def _token_statement(with_run: bool) -> str:
-    qn = connection.ops.quote_name
-    models = (*_MODELS, Run) if with_run else _MODELS
-    columns = ", ".join(
-        f"{alias}.{qn(f.column)}" for model, alias in zip(models, ("t", "u", "tm", "r"), strict=False)
-        for f in model._meta.concrete_fields
-    )
-    sql = (
-        f"SELECT {columns}, m.{qn('id')}, m.{qn('role')} FROM {qn(ApiToken._meta.db_table)} t "
-        f"JOIN {qn(User._meta.db_table)} u ON u.{qn('id')} = t.{qn('user_id')} "
-        f"LEFT JOIN {qn(Team._meta.db_table)} tm ON tm.{qn('id')} = t.{qn('team_id')} "
-        f"LEFT JOIN {qn(Membership._meta.db_table)} m "
-        f"ON m.{qn('team_id')} = t.{qn('team_id')} AND m.{qn('user_id')} = t.{qn('user_id')} "
-    )
-    if with_run:
-        sql += (
-            f"LEFT JOIN {qn(Run._meta.db_table)} r "
-            f"ON r.{qn('team_id')} = t.{qn('team_id')} AND r.{qn('external_id')} = %s "
+class _Statement:
+    """The token lookup as one fixed SQL string (prepared once per connection on PostgreSQL), with
+    each joined model's slice of the row and the converters the ORM would apply to its columns
+    (SQLite returns naive datetimes, JSON comes as text), all worked out once per process."""
+
+    def __init__(self, with_run: bool) -> None:
+        self.models = (*_MODELS, Run) if with_run else _MODELS
+        qn = connection.ops.quote_name
+        columns = ", ".join(
+            f"{alias}.{qn(f.column)}" for model, alias in zip(self.models, ("t", "u", "tm", "r"), strict=False)
+            for f in model._meta.concrete_fields
         )
-    sql += f"WHERE t.{qn('digest')} = %s AND t.{qn('revoked_at')} IS NULL AND u.{qn('is_active')}"
-    return sql + (f" ORDER BY r.{qn('id')} LIMIT 1" if with_run else "")
+        sql = (
+            f"SELECT {columns}, m.{qn('id')}, m.{qn('role')} FROM {qn(ApiToken._meta.db_table)} t "
+            f"JOIN {qn(User._meta.db_table)} u ON u.{qn('id')} = t.{qn('user_id')} "
+            f"LEFT JOIN {qn(Team._meta.db_table)} tm ON tm.{qn('id')} = t.{qn('team_id')} "
+            f"LEFT JOIN {qn(Membership._meta.db_table)} m "
+            f"ON m.{qn('team_id')} = t.{qn('team_id')} AND m.{qn('user_id')} = t.{qn('user_id')} "
+        )
+        if with_run:
+            sql += (
+                f"LEFT JOIN {qn(Run._meta.db_table)} r "
+                f"ON r.{qn('team_id')} = t.{qn('team_id')} AND r.{qn('external_id')} = %s "
+            )
+        sql += f"WHERE t.{qn('digest')} = %s AND t.{qn('revoked_at')} IS NULL AND u.{qn('is_active')}"
+        self.sql = sql + (f" ORDER BY r.{qn('id')} LIMIT 1" if with_run else "")
+        self.slices: list[tuple[type, int, int, list[tuple[int, list, Any]]]] = []
+        start = 0
+        for model in self.models:
+            fields = model._meta.concrete_fields
+            converters = []
+            for index, field in enumerate(fields):
+                column = field.get_col(model._meta.db_table)
+                found = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+                if found:
+                    converters.append((index, found, column))
+            self.slices.append((model, start, start + len(fields), converters))
+            start += len(fields)
+        self.extra = start  # membership id and role follow the models' columns
+
+    def instances(self, row: tuple) -> list[Any]:
+        instances: list[Any] = []
+        for model, start, end, converters in self.slices:
+            values = list(row[start:end])
+            if values[0] is None:  # a token without a team, no such run
+                instances.append(None)
+                continue
+            for index, found, column in converters:
+                for convert in found:
+                    values[index] = convert(values[index], column, connection)
+            instances.append(model.from_db(connection.alias, None, values))
+        return instances
+
+
+_statements: dict[bool, _Statement] = {}
 
 
 def _token_with_membership(digest: str, run_id: str | None) -> ApiToken | None:
@@ -78,31 +113,18 @@ def _token_with_membership(digest: str, run_id: str | None) -> ApiToken | None:
     membership and optionally the run, joined) instead of ORM queries compiled per request, which
     cost more CPU than everything else in a log-metric request."""
     with_run = run_id is not None
-    if with_run not in _token_sql:
-        _token_sql[with_run] = _token_statement(with_run)
-    with connection.cursor() as cursor:
-        cursor.execute(_token_sql[with_run], [run_id, digest] if with_run else [digest])
+    statement = _statements.get(with_run)
+    if statement is None:
+        statement = _statements[with_run] = _Statement(with_run)
+    with prepared_cursor() as cursor:
+        cursor.execute(statement.sql, [run_id, digest] if with_run else [digest])
         row = cursor.fetchone()
     if row is None:
         return None
-    instances = []
-    start = 0
-    for model in (*_MODELS, Run) if with_run else _MODELS:
-        values = list(row[start : start + len(model._meta.concrete_fields)])
-        start += len(values)
-        if values[0] is None:  # a token without a team, no such run
-            instances.append(None)
-            continue
-        # The conversions the ORM would apply (SQLite returns naive datetimes, JSON comes as text).
-        for index, field in enumerate(model._meta.concrete_fields):
-            column = field.get_col(model._meta.db_table)
-            for convert in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
-                values[index] = convert(values[index], column, connection)
-        instances.append(model.from_db(connection.alias, None, values))
-    token, user, team = instances[:3]
+    token, user, team, *run = statement.instances(row)
     token.user, token.team = user, team
-    token.team_membership_id, token.team_role = row[start], row[start + 1]
-    token.team_run = instances[3] if with_run else None
+    token.team_membership_id, token.team_role = row[statement.extra], row[statement.extra + 1]
+    token.team_run = run[0] if with_run else None
     if token.team_run is not None:
         token.team_run.team = team
     return token
