@@ -36,3 +36,9 @@ class WipLimitError(DomainError):
 
     status_code = 409
     code = "wip_limit"
+
+
+class WriterRefused(Exception):
+    """A write that trusted a caller read a few seconds earlier found in the database that the token
+    may no longer write there (revoked, user deactivated or left the team, now a viewer, or the run
+    deleted): nothing was stored, and the request must authenticate afresh."""

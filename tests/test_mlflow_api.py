@@ -107,6 +107,84 @@ def test_log_metric_query_count(post, team, member, django_assert_num_queries, s
     assert (latest.step, latest.value) == (stored, 0.01)
 
 
+@pytest.mark.parametrize("stored", [50, 100])
+def test_log_metric_from_a_recent_caller_is_one_statement(post, team, member, django_assert_num_queries, stored):
+    """A training loop's next step: the caller read for the previous request serves again, and the
+    insert itself re-checks the token (PostgreSQL: one statement; elsewhere the check is a query)."""
+    run = run_create(team=team, user=member, name="steps")
+    run_log_batch(run=run, metrics=[MetricPoint("loss", 1 / (i + 1), i, 1000 + i) for i in range(stored)])
+    point = {"run_id": run.external_id, "key": "loss", "value": 0.01, "timestamp": 5000, "step": stored}
+    assert post("runs/log-metric", point).status_code == 200
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 5):
+        assert post("runs/log-metric", {**point, "step": stored + 1}).status_code == 200
+    assert Metric.objects.filter(run=run).count() == stored + 2
+    assert LatestMetric.objects.get(run=run, key="loss").step == stored + 1
+
+
+def _revoke(token, user, membership, run):
+    from experiments.services.tokens import token_revoke
+
+    token_revoke(token=token)
+
+
+def _deactivate(token, user, membership, run):
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+
+
+def _make_viewer(token, user, membership, run):
+    from experiments.models import Role
+
+    membership.role = Role.VIEWER
+    membership.save(update_fields=["role"])
+
+
+def _delete_run(token, user, membership, run):
+    from experiments.services.runs import run_delete
+
+    run_delete(run=run)
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "words"),
+    [
+        (_revoke, 401, "Invalid or revoked API token"),
+        (_deactivate, 401, "Invalid or revoked API token"),
+        (_make_viewer, 403, "viewer"),
+        (_delete_run, 400, "must be in the 'active' state"),
+    ],
+)
+@pytest.mark.parametrize("route", ["log-metric", "log-batch"])
+def test_a_change_of_access_stops_a_recent_caller_at_once(client, make_user, team, change, status, words, route):
+    """The caller cache never outlives the access it was read with: the next write after a revoke,
+    deactivation, role change or run deletion is refused as a fresh request would be, storing nothing."""
+    from experiments.models import Membership, Param, Role
+
+    user = make_user("looper")
+    membership = Membership.objects.create(team=team, user=user, role=Role.MEMBER)
+    token, secret = token_create(user=user, name="t", team=team)
+    run = run_create(team=team, user=user, name="r")
+
+    def log(step: int):
+        point = {"key": "loss", "value": 1.0, "timestamp": step, "step": step}
+        if route == "log-metric":
+            body = {"run_id": run.external_id, **point}
+        else:
+            body = {"run_id": run.external_id, "metrics": [point], "params": [{"key": f"p{step}", "value": "1"}]}
+        return client.post(f"{API}/runs/{route}", data=json.dumps(body), content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {secret}")
+
+    assert log(0).status_code == 200
+    assert log(1).status_code == 200  # from the cache
+    change(token, user, membership, run)
+    response = log(2)
+    assert response.status_code == status, response.content
+    assert words in response.json()["message"]
+    assert sorted(Metric.objects.filter(run=run).values_list("step", flat=True)) == [0, 1]
+    if route == "log-batch":
+        assert sorted(Param.objects.filter(run=run).values_list("key", flat=True)) == ["p0", "p1"]
+
+
 def test_token_of_a_team_the_user_left_or_is_viewer_in_cannot_log(client, make_user, team):
     """The membership comes with the token in one query; leaving the team or becoming a viewer takes
     effect on the very next request."""

@@ -25,6 +25,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
+from ..errors import WriterRefused
 from ..selectors import artifacts as artifact_selectors
 from ..services import artifacts as artifact_services
 from ..services.runs import IngestError
@@ -171,7 +172,7 @@ def artifact(request: HttpRequest, caller: Caller, artifact_path: str | None = N
                 length=_content_length(request),
                 writer_token_id=caller.token.pk,
             )
-        except artifact_services.WriterRefused:
+        except WriterRefused:
             # Revoked, left the team or now a viewer: say which, as a fresh request would.
             forget_caller(request)
             authenticate(request).ensure_can_write()

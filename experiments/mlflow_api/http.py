@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import Any
 
@@ -23,7 +23,7 @@ from django.db import DataError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from ..errors import ConflictError, DomainError, PermissionDeniedError
+from ..errors import ConflictError, DomainError, PermissionDeniedError, WriterRefused
 from ..inputs import INT64_MAX, INT64_MIN, check_mapping, json_loads
 from ..models import ApiToken, Membership, Run, Team, User
 from ..services.runs import FLOAT_MAX, IngestError
@@ -106,6 +106,13 @@ class Caller:
     membership: Membership
     # The team's run named by the body's run_id, loaded with the token (None: not found or not asked).
     run: Run | None = None
+    # Read for an earlier request (the caller cache): a write must check the token where it lands.
+    recheck: bool = False
+
+    @property
+    def writer_token_id(self) -> int | None:
+        """For services that re-check the writer (writer_token_id): set when the caller came from the cache."""
+        return self.token.pk if self.recheck else None
 
     @property
     def team(self) -> Team:
@@ -142,38 +149,42 @@ def _secret_from(request: HttpRequest) -> str | None:
     return None
 
 
-# Callers of recent uploads, per process: {token digest: (expiry, caller)}. Only for requests whose
-# write re-checks the token in the statement that makes it visible (services.artifacts._index with
-# writer_token_id), so a revoked token or a changed role still never stores anything.
-_UPLOAD_CALLERS: dict[str, tuple[float, Caller]] = {}
-UPLOAD_CALLER_SECONDS = 10.0
-_UPLOAD_CALLERS_MAX = 1000
+# Recent callers, per process: {(token digest, run id): (expiry, caller)}. Only for requests whose
+# write re-checks the token in the statement that makes it visible (services.artifacts._index and
+# services.runs.run_log_batch with writer_token_id), so a revoked token, a changed role or a deleted
+# run still never stores anything; the request then authenticates afresh.
+_RECENT_CALLERS: dict[tuple[str, str | None], tuple[float, Caller]] = {}
+RECENT_CALLER_SECONDS = 10.0
+_RECENT_CALLERS_MAX = 1000
 
 
-def _cached_caller(secret: str) -> Caller | None:
-    found = _UPLOAD_CALLERS.get(token_digest(secret))
+def _cached_caller(secret: str, run_id: str | None) -> Caller | None:
+    found = _RECENT_CALLERS.get((token_digest(secret), run_id))
     if found is None or found[0] < time.monotonic():
         return None
     return found[1]
 
 
-def _remember_caller(secret: str, caller: Caller) -> None:
-    if len(_UPLOAD_CALLERS) >= _UPLOAD_CALLERS_MAX:
-        _UPLOAD_CALLERS.clear()
-    _UPLOAD_CALLERS[token_digest(secret)] = (time.monotonic() + UPLOAD_CALLER_SECONDS, caller)
+def _remember_caller(secret: str, run_id: str | None, caller: Caller) -> None:
+    if len(_RECENT_CALLERS) >= _RECENT_CALLERS_MAX:
+        _RECENT_CALLERS.clear()
+    _RECENT_CALLERS[(token_digest(secret), run_id)] = (
+        time.monotonic() + RECENT_CALLER_SECONDS,
+        replace(caller, recheck=True),
+    )
 
 
-def forget_caller(request: HttpRequest) -> None:
+def forget_caller(request: HttpRequest, run_id: str | None = None) -> None:
     secret = _secret_from(request)
     if secret is not None:
-        _UPLOAD_CALLERS.pop(token_digest(secret), None)
+        _RECENT_CALLERS.pop((token_digest(secret), run_id), None)
 
 
 def authenticate(request: HttpRequest, *, run_id: str | None = None, for_checked_write: bool = False) -> Caller:
     """The caller of an MLflow request; with `run_id`, that run of the token's team comes in the same
     query (Caller.run). `for_checked_write`: the request's only effect is a write that re-checks the
-    token when it lands (artifact PUT), so a caller read in the last few seconds serves without a
-    database round trip."""
+    token when it lands (artifact PUT, metric logging), so a caller read in the last few seconds
+    serves without a database round trip (Caller.recheck)."""
     secret = _secret_from(request)
     if secret is None:
         raise MlflowApiError(
@@ -185,15 +196,16 @@ def authenticate(request: HttpRequest, *, run_id: str | None = None, for_checked
     wait = throttle_blocked(scope="auth_failure", ident=ip)
     if wait is not None:
         raise _too_many(wait, "Too many failed token logins from your address.")
-    caller = _cached_caller(secret) if for_checked_write else None
+    caller = _cached_caller(secret, run_id) if for_checked_write else None
     if caller is None:
         token = token_authenticate(secret=secret, team_run_id=run_id)
         if token is None:
             throttle_hit(scope="auth_failure", ident=ip)
             raise MlflowApiError("UNAUTHENTICATED", "Invalid or revoked API token.")
         caller = Caller(user=token.user, token=token, membership=_membership_for(token), run=token.team_run)
-        if for_checked_write and caller.can_write:  # a viewer is refused, so always asks again
-            _remember_caller(secret, caller)
+        # A viewer is refused, and a run not found is an error: both always ask again.
+        if for_checked_write and caller.can_write and (run_id is None or caller.run is not None):
+            _remember_caller(secret, run_id, caller)
     wait = throttle_hit(scope="mlflow", ident=f"token:{caller.token.pk}")
     if wait is not None:
         raise _too_many(wait, "Request rate limit for this API token reached (THROTTLE_MLFLOW).")
@@ -335,8 +347,15 @@ def parse_body(request: HttpRequest, *, max_bytes: int | None = None) -> Body:
 Handler = Callable[..., dict[str, Any]]
 
 
-def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Handler], Callable[..., HttpResponse]]:
-    """Authenticate, parse, run the handler, and turn every failure into MLflow's error JSON."""
+def mlflow_endpoint(
+    *methods: str, max_bytes: int | None = None, checked_write: Callable[[Body], bool] | None = None
+) -> Callable[[Handler], Callable[..., HttpResponse]]:
+    """Authenticate, parse, run the handler, and turn every failure into MLflow's error JSON.
+
+    `checked_write(body)` true: the handler's only effect is a write that re-checks the caller where
+    it lands (Caller.writer_token_id), so the caller may come from the cache; when that check
+    refuses (WriterRefused), the request is authenticated afresh and handled again, and answers as
+    it would have without the cache."""
 
     def decorate(handler: Handler) -> Callable[..., HttpResponse]:
         @csrf_exempt
@@ -354,10 +373,17 @@ def mlflow_endpoint(*methods: str, max_bytes: int | None = None) -> Callable[[Ha
                 except (MlflowApiError, DomainError) as exc:
                     body, problem = None, exc
                 run_id = (body.get("run_id") or body.get("run_uuid")) if body else None
-                caller = authenticate(request, run_id=run_id if isinstance(run_id, str) else None)
+                run_id = run_id if isinstance(run_id, str) else None
+                checked = body is not None and checked_write is not None and checked_write(body)
+                caller = authenticate(request, run_id=run_id, for_checked_write=checked)
                 if problem is not None:
                     raise problem
-                return json_response(handler(caller, body, **kwargs))
+                try:
+                    return json_response(handler(caller, body, **kwargs))
+                except WriterRefused:
+                    # The cached caller's access changed (revoked, left, viewer, run deleted).
+                    forget_caller(request, run_id)
+                    return json_response(handler(authenticate(request, run_id=run_id), body, **kwargs))
             except Exception as exc:
                 return exception_response(request, exc)
 

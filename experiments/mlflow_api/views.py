@@ -292,7 +292,22 @@ def runs_log_parameter(caller: Caller, body: Body) -> dict[str, Any]:
     return {}
 
 
-@mlflow_endpoint("POST")
+def _names_no_model(items: list[Any]) -> bool:
+    return not any(isinstance(item, dict) and item.get("model_id") for item in items)
+
+
+def _plain_metric(body: Body) -> bool:
+    """A log-metric whose only write is the run's point (one naming a logged model also writes there)."""
+    return _names_no_model([body.data])
+
+
+def _plain_batch(body: Body) -> bool:
+    """A log-batch that writes something, and nothing to a logged model."""
+    metrics = body.list("metrics")
+    return bool(metrics or body.list("params") or body.list("tags")) and _names_no_model(metrics)
+
+
+@mlflow_endpoint("POST", checked_write=_plain_metric)
 def runs_log_metric(caller: Caller, body: Body) -> dict[str, Any]:
     # Field checks as MLflow's request schema, before the run is looked up (its tests match the wording).
     body.string("key", required=True)
@@ -306,7 +321,7 @@ def runs_log_metric(caller: Caller, body: Body) -> dict[str, Any]:
     if model_points:
         logged_model_services.run_log_batch_with_models(run=run, metrics=[point], model_points=model_points)
     else:
-        run_services.run_log_batch(run=run, metrics=[point])
+        run_services.run_log_batch(run=run, metrics=[point], writer_token_id=caller.writer_token_id)
     return {}
 
 
@@ -332,7 +347,7 @@ def _batch_limit(what: str, limit: int, count: int) -> None:
         )
 
 
-@mlflow_endpoint("POST", max_bytes=1_000_000)
+@mlflow_endpoint("POST", max_bytes=1_000_000, checked_write=_plain_batch)
 def runs_log_batch(caller: Caller, body: Body) -> dict[str, Any]:
     metrics, params, tags = body.array("metrics"), body.array("params"), body.array("tags")
     _batch_limit("metrics", settings.MLFLOW_MAX_METRICS_PER_BATCH, len(metrics))
@@ -351,7 +366,8 @@ def runs_log_batch(caller: Caller, body: Body) -> dict[str, Any]:
         )
         return {}
     run_services.run_log_batch(
-        run=run, metrics=points, params=_key_values(params, "params"), tags=_key_values(tags, "tags")
+        run=run, metrics=points, params=_key_values(params, "params"), tags=_key_values(tags, "tags"),
+        writer_token_id=caller.writer_token_id,
     )
     return {}
 

@@ -23,9 +23,11 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from ..models import ApiToken, ArtifactFile, Membership, Role, Run, Team, TrackingExperiment, User
+from ..errors import WriterRefused
+from ..models import ArtifactFile, Run, Team, TrackingExperiment
 from ..storage import StreamError, TooLarge, Truncated, artifact_storage
 from .runs import IngestError
+from .tokens import token_writer_sql
 
 TEAMS_DIR = "teams"
 SCHEME = "mlflow-artifacts"
@@ -163,10 +165,6 @@ def _run_id_in(key: str) -> str | None:
     return None
 
 
-class WriterRefused(Exception):
-    """The uploading token may no longer write to the team (revoked, user left, now a viewer)."""
-
-
 def _index(*, team: Team, key: str, size: int, writer_token_id: int | None = None) -> None:
     """Upsert the index row, with the run looked up in the same statement (one round trip per
     upload: small files are dominated by per-request database work).
@@ -185,25 +183,18 @@ def _index(*, team: Team, key: str, size: int, writer_token_id: int | None = Non
     content_type = (mimetypes.guess_type(key)[0] or "application/octet-stream")[:100]
     # set_config(..., true) lasts to the end of this statement's transaction; in the FROM clause it
     # runs before the commit, and in one statement it works with client- and server-side binding.
-    sources, writer, params = [], "", []
+    sources, writer, params, writer_params = [], "", [], []
     if writer_token_id is not None:
-        tokens, users, members = ApiToken._meta.db_table, User._meta.db_table, Membership._meta.db_table
-        writer = (
-            f"WITH writer AS (SELECT m.role FROM {tokens} t JOIN {users} u ON u.id = t.user_id "
-            f"JOIN {members} m ON m.user_id = t.user_id AND m.team_id = t.team_id "
-            "WHERE t.id = %s AND t.team_id = %s AND t.revoked_at IS NULL AND u.is_active) "
-        )
-        params += [writer_token_id, team.pk]
+        check, writer_params = token_writer_sql()
+        writer = f"WITH writer AS ({check}) "
+        params += [writer_token_id, team.pk, *writer_params]
         sources.append("writer")
     # Only when the statement is its own transaction: never relax a caller's larger transaction.
     if connection.vendor == "postgresql" and settings.ARTIFACT_INDEX_ASYNC_COMMIT and not connection.in_atomic_block:
         sources.append("(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit")
     params += [team.pk, team.pk, _run_id_in(key), key, size, content_type,
                connection.ops.adapt_datetimefield_value(timezone.now())]
-    where = ""
-    if writer:
-        where = " WHERE writer.role IN (%s, %s)"  # SQLite also needs a WHERE before ON CONFLICT
-        params += [Role.MANAGER, Role.MEMBER]
+    where = " WHERE true" if writer else ""  # SQLite needs a WHERE before ON CONFLICT after a FROM
     source = f" FROM {', '.join(sources)}" if sources else ""
     with connection.cursor() as cursor:
         cursor.execute(

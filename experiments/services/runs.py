@@ -26,7 +26,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..errors import DomainError
+from ..errors import DomainError, WriterRefused
 from ..inputs import INT64_MAX, INT64_MIN
 from ..models import (
     TERMINAL_STATUSES,
@@ -51,6 +51,7 @@ from . import prepared_cursor
 from .cards import card_flag, card_move_to_stage, event_record
 from .metric_blocks import metric_blocks_add
 from .metric_blocks import postgresql_upsert_cte as metric_blocks_upsert_cte
+from .tokens import token_writer_sql
 from .verdicts import hypothesis_freeze, verdict_progress
 
 CARD_TAG = "mlboard.card"
@@ -646,13 +647,15 @@ def _latest_update_orm(rows: Sequence[tuple]) -> None:
         LatestMetric.objects.bulk_update(update, ["value", "is_nan", "step", "timestamp"])
 
 
-def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
+def _log_metrics(*, run: Run, points: Iterable[MetricPoint], writer_token_id: int | None = None) -> int:
     rows, latest = _metric_rows(run, points)
     if not rows:
         return 0
     if connection.vendor == "postgresql":
-        added = _log_metrics_postgresql(list(rows), list(latest.values()))
+        # The writer check, if any, is part of the statement.
+        added = _log_metrics_postgresql(list(rows), list(latest.values()), writer_token_id=writer_token_id)
     else:
+        _check_writer(run, writer_token_id)
         added = _bulk_insert_metrics(list(rows))
         _upsert_latest(list(latest.values()))
         # Chart rollups (MetricBlock): a trigger on SQLite, the statement itself on PostgreSQL.
@@ -662,6 +665,23 @@ def _log_metrics(*, run: Run, points: Iterable[MetricPoint]) -> int:
         # Cached chart series of this run go stale once the new points are visible to readers.
         transaction.on_commit(partial(series_version_bump, run.pk))
     return added
+
+
+def _writer_check() -> tuple[str, list[Any]]:
+    """token_writer_sql for a run, which must also be active (parameters: token id, run id, then these)."""
+    check, params = token_writer_sql(run=True)
+    return f"{check} AND r.{connection.ops.quote_name('lifecycle_stage')} = %s", [*params, ACTIVE]
+
+
+def _check_writer(run: Run, writer_token_id: int | None) -> None:
+    """Inside the write's transaction: the token still writes to this active run (WriterRefused if not)."""
+    if writer_token_id is None:
+        return
+    check, params = _writer_check()
+    with connection.cursor() as cursor:
+        cursor.execute(check, [writer_token_id, run.pk, *params])
+        if cursor.fetchone() is None:
+            raise WriterRefused()
 
 
 def _json_rows(rows: Sequence[tuple]) -> str:
@@ -678,33 +698,49 @@ _PG_UNPACK = (
 )
 
 
-_log_metrics_sql: list[str] = []
+_log_metrics_sql: dict[bool, str] = {}
 
 
-def _log_metrics_statement() -> str:
-    """Built once per process: one fixed string, so PostgreSQL prepares it once per connection."""
-    if not _log_metrics_sql:
+def _log_metrics_statement(checked: bool) -> str:
+    """Built once per process: one fixed string, so PostgreSQL prepares it once per connection.
+    `checked`: a writer CTE (token id, run id) gates both inserts, and the first column says
+    whether it passed."""
+    if checked not in _log_metrics_sql:
         qn = connection.ops.quote_name
         columns = ", ".join(qn(c) for c in _METRIC_COLUMNS)
         metric, latest_table = qn(Metric._meta.db_table), qn(LatestMetric._meta.db_table)
-        _log_metrics_sql.append(
-            f"WITH added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK} ON CONFLICT DO NOTHING "
+        writer, gate, passed = "", "", "true"
+        if checked:
+            writer = f"writer AS ({_writer_check()[0]}), "
+            gate, passed = " WHERE EXISTS (SELECT 1 FROM writer)", "EXISTS (SELECT 1 FROM writer)"
+        _log_metrics_sql[checked] = (
+            f"WITH {writer}"
+            f"added AS (INSERT INTO {metric} ({columns}) {_PG_UNPACK}{gate} ON CONFLICT DO NOTHING "
             f"RETURNING {qn('key')}, {qn('value')}, {qn('is_nan')}, {qn('step')}), "
-            f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK} {_latest_conflict()}), "
+            f"latest AS (INSERT INTO {latest_table} ({columns}) {_PG_UNPACK}{gate} {_latest_conflict()}), "
             # Chart rollups (MetricBlock) of the points that were new: see services/metric_blocks.py.
             f"blocks AS ({metric_blocks_upsert_cte('added')}) "
-            "SELECT count(*) FROM added"
+            f"SELECT {passed}, count(*) FROM added"
         )
-    return _log_metrics_sql[0]
+    return _log_metrics_sql[checked]
 
 
-def _log_metrics_postgresql(rows: Sequence[tuple], latest: Sequence[tuple]) -> int:
-    """Points and latest values in ONE statement (a data-modifying CTE): one round trip per batch."""
-    sql = _log_metrics_statement()
+def _log_metrics_postgresql(
+    rows: Sequence[tuple], latest: Sequence[tuple], *, writer_token_id: int | None = None
+) -> int:
+    """Points and latest values in ONE statement (a data-modifying CTE): one round trip per batch,
+    with the writer check (if any) in the same statement."""
+    checked = writer_token_id is not None
     run_id = rows[0][0]
+    params = [run_id, _json_rows(rows), run_id, _json_rows(latest), run_id]
+    if checked:
+        params = [writer_token_id, run_id, *_writer_check()[1], *params]
     with prepared_cursor() as cursor:
-        cursor.execute(sql, [run_id, _json_rows(rows), run_id, _json_rows(latest), run_id])
-        return cursor.fetchone()[0]
+        cursor.execute(_log_metrics_statement(checked), params)
+        passed, added = cursor.fetchone()
+    if not passed:
+        raise WriterRefused()
+    return added
 
 
 @transaction.atomic
@@ -758,21 +794,28 @@ def run_log_batch(
     metrics: Iterable[MetricPoint] = (),
     params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
     tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    writer_token_id: int | None = None,
 ) -> int:
     """Params, metrics and tags in one transaction; returns the number of new metric points.
 
     `params` and `tags` may be pairs so a duplicated key in one batch is caught (MLflow rejects
-    a batch that gives one param two values)."""
+    a batch that gives one param two values).
+
+    `writer_token_id`: the caller was not looked up for this request (the MLflow API's caller cache),
+    so the write checks that this token may still write to the run (live, user active, manager or
+    member of its team, run active) where it becomes visible, and raises WriterRefused having
+    stored nothing if not."""
     _ensure_active(run)
     param_map = _pairs_to_map(params, what="param")
     tag_map = dict(tags.items() if isinstance(tags, Mapping) else (tags or ()))
     if not param_map and not tag_map and connection.vendor == "postgresql":
         # Metrics only (every log-metric, most log-batch calls): on PostgreSQL the points and the
         # latest values are ONE statement, atomic by itself, so no BEGIN and COMMIT round trips.
-        added = _log_metrics(run=run, points=metrics)
+        added = _log_metrics(run=run, points=metrics, writer_token_id=writer_token_id)
         _touch(run)
         return added
     with transaction.atomic():
+        _check_writer(run, writer_token_id)
         if param_map:
             _log_params(run=run, params=param_map)
         added = _log_metrics(run=run, points=metrics)

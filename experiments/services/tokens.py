@@ -8,7 +8,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ..errors import DomainError
-from ..models import ApiToken, Membership, Run, Team, User
+from ..models import ApiToken, Membership, Role, Run, Team, User
 from . import prepared_cursor
 
 TOKEN_PREFIX = "mlb_"
@@ -128,6 +128,31 @@ def _token_with_membership(digest: str, run_id: str | None) -> ApiToken | None:
     if token.team_run is not None:
         token.team_run.team = team
     return token
+
+
+def token_writer_sql(*, run: bool = False) -> tuple[str, list[Any]]:
+    """A SELECT with a row only while a token may write for a team: live, its user active, a manager
+    or member of the token's team. For writes that trust a caller read a few seconds earlier (the
+    MLflow API's caller cache): they run it in the statement (or transaction) that makes the write
+    visible, so a revoked token or changed role never stores anything. Parameters, in order: the
+    token id, then the team id, or with `run` the run id (which must be of the token's team; the
+    query then has it as `r` for the caller's further conditions). Returns (sql, params after those ids)."""
+    qn = connection.ops.quote_name
+    sql = (
+        f"SELECT 1 FROM {qn(ApiToken._meta.db_table)} t "
+        f"JOIN {qn(User._meta.db_table)} u ON u.{qn('id')} = t.{qn('user_id')} "
+        f"JOIN {qn(Membership._meta.db_table)} m "
+        f"ON m.{qn('user_id')} = t.{qn('user_id')} AND m.{qn('team_id')} = t.{qn('team_id')} "
+    )
+    if run:
+        sql += (
+            f"JOIN {qn(Run._meta.db_table)} r ON r.{qn('team_id')} = t.{qn('team_id')} "
+            f"WHERE t.{qn('id')} = %s AND r.{qn('id')} = %s AND "
+        )
+    else:
+        sql += f"WHERE t.{qn('id')} = %s AND t.{qn('team_id')} = %s AND "
+    sql += f"t.{qn('revoked_at')} IS NULL AND u.{qn('is_active')} AND m.{qn('role')} IN (%s, %s)"
+    return sql, [Role.MANAGER, Role.MEMBER]
 
 
 @transaction.atomic
