@@ -1,7 +1,7 @@
 """Request limits for the REST API, the MLflow API and token guessing, counted in the Django cache
 (Redis when REDIS_URL is set, so every web worker shares the count).
 
-Fixed one-period windows with an atomic counter per key: one cache round trip per request, unlike
+Fixed one-period windows with an atomic counter per key: one Redis round trip per request, unlike
 DRF's sliding-window throttles that store every request's timestamp (too heavy at MLflow logging rates).
 Rates are settings.MLBOARD_THROTTLE_RATES ("N/sec|min|hour|day"); an empty rate disables a scope.
 """
@@ -43,12 +43,16 @@ def throttle_hit(*, scope: str, ident: str) -> float | None:
     limit, period = rate
     now = time.time()
     key = _key(scope, ident, period, now)
-    cache.add(key, 0, timeout=period + 1)
-    try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=period + 1)
-        count = 1
+    count_in_window = getattr(cache, "count_in_window", None)  # Redis (mlboard.cache): one round trip
+    if count_in_window is not None:
+        count = count_in_window(key, period + 1)
+    else:
+        cache.add(key, 0, timeout=period + 1)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.set(key, 1, timeout=period + 1)
+            count = 1
     return period - (now % period) if count > limit else None
 
 

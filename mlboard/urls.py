@@ -4,6 +4,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 urlpatterns = [
+    # First: training scripts call it at loop rates, and resolution tries the patterns in order.
+    path("mlflow/", include("experiments.mlflow_api.urls")),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
@@ -19,7 +21,6 @@ urlpatterns = [
     # Split view: the init script is a separate file, so the CSP needs no inline script for Swagger UI.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("experiments.api.urls")),
-    path("mlflow/", include("experiments.mlflow_api.urls")),
     path("", include("experiments.web.urls")),
 ]
 

@@ -127,3 +127,15 @@ def test_prepared_statements_can_be_turned_off(postgres_connection, logging_requ
     send(1)
     assert _prepared(postgres_connection) == []
     assert run.metrics.count() == 2
+
+
+def test_logging_statements_fit_psycopg_query_cache(db):
+    """psycopg converts a query's %s placeholders on every execute unless the query is at most
+    MAX_CACHED_STATEMENT_LENGTH long (then it caches the conversion): the per-request statements stay under it."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    from experiments.services import runs, tokens
+
+    for statement in (runs._log_metrics_statement(True), runs._log_metrics_statement(False),
+                      tokens._Statement(True).sql, tokens._Statement(False).sql):
+        assert len(statement) <= MAX_CACHED_STATEMENT_LENGTH

@@ -456,3 +456,18 @@ def test_run_loaded_with_the_token_is_only_the_token_teams(client, member, team,
     bad = {"HTTP_AUTHORIZATION": "Bearer mlb_nope"}
     assert log(bad, "", raw="{not json").json()["error_code"] == "UNAUTHENTICATED"
     assert log(bound, "", raw="{not json").json()["error_code"] == "BAD_REQUEST"
+
+
+def test_api_answers_carry_a_strict_policy_and_pages_keep_theirs(post, client, member, team):
+    """MLflow API JSON brings its own Content-Security-Policy (nothing to load or frame), so django-csp
+    skips building one; pages still get the site policy."""
+    from experiments.mlflow_api.http import API_CSP
+
+    ok = post("experiments/create", {"name": "csp"})
+    assert ok.status_code == 200 and ok["Content-Security-Policy"] == API_CSP
+    missing = post("runs/get", {"run_id": "nope"})
+    assert missing.status_code == 404 and missing["Content-Security-Policy"] == API_CSP
+    client.force_login(member)
+    page = client.get("/")
+    policy = page["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'self'" in policy

@@ -65,11 +65,16 @@ def not_found(message: str) -> MlflowApiError:
     return MlflowApiError("RESOURCE_DOES_NOT_EXIST", message)
 
 
+# JSON for scripts: nothing in it may load or frame anything (and django-csp need not build its policy).
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
 def error_response(code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
     response = HttpResponse(
         json.dumps({"error_code": code, "message": message}),
         status=STATUS_FOR_CODE.get(code, 500),
         content_type="application/json",
+        headers={"Content-Security-Policy": API_CSP},
     )
     if code == "UNAUTHENTICATED":
         response["WWW-Authenticate"] = 'Bearer realm="mlboard"'
@@ -93,7 +98,8 @@ def json_number(value: float) -> float | str:
 
 
 def json_response(payload: dict[str, Any]) -> HttpResponse:
-    return HttpResponse(json.dumps(payload, allow_nan=False, separators=(",", ":")), content_type="application/json")
+    return HttpResponse(json.dumps(payload, allow_nan=False, separators=(",", ":")), content_type="application/json",
+                        headers={"Content-Security-Policy": API_CSP})
 
 
 # --- Auth and team -----------------------------------------------------------------------------
@@ -192,12 +198,14 @@ def authenticate(request: HttpRequest, *, run_id: str | None = None, for_checked
             "Missing API token. Set MLFLOW_TRACKING_TOKEN to an mlboard API token "
             "(create one under Account → API tokens).",
         )
-    ip = client_ip(request) or "unknown"
-    wait = throttle_blocked(scope="auth_failure", ident=ip)
-    if wait is not None:
-        raise _too_many(wait, "Too many failed token logins from your address.")
+    # A caller from the cache showed a token that authenticated seconds ago, which is no guess: the
+    # lockout for failed token logins is consulted only when the database is.
     caller = _cached_caller(secret, run_id) if for_checked_write else None
     if caller is None:
+        ip = client_ip(request) or "unknown"
+        wait = throttle_blocked(scope="auth_failure", ident=ip)
+        if wait is not None:
+            raise _too_many(wait, "Too many failed token logins from your address.")
         token = token_authenticate(secret=secret, team_run_id=run_id)
         if token is None:
             throttle_hit(scope="auth_failure", ident=ip)

@@ -9,6 +9,9 @@ from ..web import run_views
 from . import artifacts, logged_models, registry, views
 
 ROUTES = (
+    # A training loop's requests first: URL resolution tries the routes in order.
+    ("runs/log-metric", views.runs_log_metric, "runs-log-metric"),
+    ("runs/log-batch", views.runs_log_batch, "runs-log-batch"),
     ("experiments/create", views.experiments_create, "experiments-create"),
     ("experiments/get", views.experiments_get, "experiments-get"),
     ("experiments/get-by-name", views.experiments_get_by_name, "experiments-get-by-name"),
@@ -27,8 +30,6 @@ ROUTES = (
     ("runs/delete", views.runs_delete, "runs-delete"),
     ("runs/restore", views.runs_restore, "runs-restore"),
     ("runs/log-parameter", views.runs_log_parameter, "runs-log-parameter"),
-    ("runs/log-metric", views.runs_log_metric, "runs-log-metric"),
-    ("runs/log-batch", views.runs_log_batch, "runs-log-batch"),
     ("runs/set-tag", views.runs_set_tag, "runs-set-tag"),
     ("runs/delete-tag", views.runs_delete_tag, "runs-delete-tag"),
     ("runs/log-inputs", views.runs_log_inputs, "runs-log-inputs"),

@@ -130,14 +130,12 @@ def sqlite_trigger_sql(metric_table: str, block_table: str) -> str:
     )
 
 
-_PG_FINITE = "(NOT p.is_nan AND p.value <> 'Infinity'::float8 AND p.value <> '-Infinity'::float8)"
-
-
 def _pg_rollup_select(source: str, run_expr: str, group_run: bool = False) -> str:
     """SELECT of block rows from `source` (columns key, value, is_nan, step; plus run_id if group_run).
 
     Steps travel through float8 arrays as their offset inside the block (0..63), which is exact for
-    any 64-bit step; the arrays give the (step, value) / (value, step) order in one aggregate each."""
+    any 64-bit step; the arrays give the (step, value) / (value, step) order in one aggregate each.
+    `fin`: a finite value (NaN is stored as is_nan with 0; abs() < Infinity leaves out both infinities)."""
     shift, mask = METRIC_BLOCK_SHIFT, (1 << METRIC_BLOCK_SHIFT) - 1
     off = f"(p.step & {mask})::float8"
     base = f"(r.blk << {shift})"
@@ -148,12 +146,13 @@ def _pg_rollup_select(source: str, run_expr: str, group_run: bool = False) -> st
                {base} + (r.lo)[2]::bigint, (r.lo)[1], {base} + (r.hi)[2]::bigint, (r.hi)[1], r.gap
         FROM (
             SELECT {run_col}p.key AS key, p.step >> {shift} AS blk, count(*) AS n,
-                   min(ARRAY[{off}, p.value]) FILTER (WHERE {_PG_FINITE}) AS f,
-                   max(ARRAY[{off}, p.value]) FILTER (WHERE {_PG_FINITE}) AS l,
-                   min(ARRAY[p.value, {off}]) FILTER (WHERE {_PG_FINITE}) AS lo,
-                   max(ARRAY[p.value, {off}]) FILTER (WHERE {_PG_FINITE}) AS hi,
-                   min(p.step) FILTER (WHERE NOT {_PG_FINITE}) AS gap
-            FROM {source} p GROUP BY {"p.run_id, " if group_run else ""}p.key, p.step >> {shift}
+                   min(ARRAY[{off}, p.value]) FILTER (WHERE p.fin) AS f,
+                   max(ARRAY[{off}, p.value]) FILTER (WHERE p.fin) AS l,
+                   min(ARRAY[p.value, {off}]) FILTER (WHERE p.fin) AS lo,
+                   max(ARRAY[p.value, {off}]) FILTER (WHERE p.fin) AS hi,
+                   min(p.step) FILTER (WHERE NOT p.fin) AS gap
+            FROM (SELECT *, NOT is_nan AND abs(value) < 'Infinity'::float8 AS fin FROM {source} s) p
+            GROUP BY {"p.run_id, " if group_run else ""}p.key, p.step >> {shift}
         ) r
     """
 
@@ -163,9 +162,11 @@ def postgresql_upsert_cte(source: str) -> str:
     insert: only points that were new) into MetricBlock. One %s parameter: the run id."""
     qn = connection.ops.quote_name
     columns = ", ".join(qn(c) for c in BLOCK_COLUMNS)
+    # The target by a one-letter alias keeps the logging statement short enough for psycopg's cache
+    # of converted queries (4096 characters).
     return (
-        f"INSERT INTO {qn(MetricBlock._meta.db_table)} ({columns}) "
-        f"{_pg_rollup_select(source, '%s::bigint')} {_merge_conflict()}"
+        f"INSERT INTO {qn(MetricBlock._meta.db_table)} AS b ({columns}) "
+        f"{_pg_rollup_select(source, '%s::bigint')} {_merge_conflict('b')}"
     )
 
 

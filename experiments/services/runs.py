@@ -722,6 +722,7 @@ def _log_metrics_statement(checked: bool) -> str:
             f"blocks AS ({metric_blocks_upsert_cte('added')}) "
             f"SELECT {passed}, count(*) FROM added"
         )
+        _log_metrics_sql[checked] = " ".join(_log_metrics_sql[checked].split())
     return _log_metrics_sql[checked]
 
 

@@ -19,6 +19,9 @@ unique index (dropped inside a rolled-back transaction), to say what the index c
     MLFLOW_BIN=/work/mlflow-venv/bin/mlflow BENCH_DB_PREFIX=ingest_ \\
         .venv/bin/python tests/benchmarks/ingest_scale.py [--sizes 1000000,10000000,50000000] [--rounds 3]
 
+mlboard runs as deployed, with its cache (throttle counters, chart-cache versions) on Redis
+(--redis-url, default redis://127.0.0.1:6379/14; '' for the in-process cache).
+
 --keep leaves the two databases for a later `--reuse` (measure again without refilling); by default
 they are dropped at the end. mlboard's THROTTLE_MLFLOW is raised for the run: the benchmark measures
 server capacity, not the per-token rate limit (12000/min by default).
@@ -116,6 +119,8 @@ def start_servers(stack: ExitStack, args: argparse.Namespace, logs: Path) -> lis
     port = free_port()
     env = mlboard_env(url)
     env["THROTTLE_MLFLOW"] = "100000000/min"
+    if args.redis_url:  # as deployed (docker-compose): the cache, throttle counters and broker on Redis
+        env["REDIS_URL"] = args.redis_url
     gunicorn = [str(Path(sys.executable).parent / "gunicorn"), "mlboard.wsgi", "-b", f"{HOST}:{port}",
                 "-w", str(args.workers), "--timeout", "120", "--log-level", "warning"]
     if args.threads > 1:  # as the Dockerfile deploys it: threaded workers (also keep connections alive)
@@ -496,6 +501,8 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="keep what the databases already hold")
     parser.add_argument("--keep", action="store_true", help="do not drop the databases at the end")
     parser.add_argument("--no-explain", action="store_true")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+                        help="mlboard's REDIS_URL, as deployed; '' for the in-process cache")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if max(sizes) > 60_000_000 or args.batches * args.batch_threads > 100 or args.steps * args.step_threads > 5000:
