@@ -58,29 +58,47 @@ def check_int64(value: int, path: str = "") -> int:
     return value
 
 
-def check_value(value: Any, path: str = "") -> Any:
-    """Walk decoded JSON (iteratively, so depth itself cannot overflow the stack) and refuse bad leaves."""
+def _child_path(where: str, key: Any, in_dict: bool) -> str:
+    if in_dict:
+        return f"{where}.{key}" if where else str(key)
+    return f"{where}[{key}]"
+
+
+def _check_leaf(item: Any, where: str, texts: bool) -> None:
+    if isinstance(item, str):
+        if texts:
+            check_text(item, where)
+    elif isinstance(item, int) and not isinstance(item, bool):
+        check_int64(item, where)
+
+
+def check_value(value: Any, path: str = "", *, texts: bool = True) -> Any:
+    """Walk decoded JSON (iteratively, so depth itself cannot overflow the stack) and refuse bad leaves.
+
+    Only containers go on the stack, and a leaf's path is spelled out only for its error: a 1000-point
+    MLflow batch is thousands of leaves. `texts=False`: every string is known to be storable (json_loads
+    saw no \\u escape in UTF-8 input, the only way JSON can carry a NUL or a lone surrogate)."""
+    if not isinstance(value, dict | list | tuple):
+        _check_leaf(value, path, texts)
+        return value
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         item, where, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
+        in_dict = isinstance(item, dict)
+        if item and depth >= MAX_JSON_DEPTH:
             raise HostileInputError(f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.")
-        if isinstance(item, str):
-            check_text(item, where)
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int):
-            check_int64(item, where)
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                child_path = f"{where}.{key}" if where else str(key)
-                if isinstance(key, str):
-                    problem = text_problem(key)
-                    if problem:
-                        raise HostileInputError(f"A field name{_where(where)} {problem}.")
-                stack.append((child, child_path, depth + 1))
-        elif isinstance(item, list | tuple):
-            stack.extend((child, f"{where}[{index}]", depth + 1) for index, child in enumerate(item))
+        for key, child in item.items() if in_dict else enumerate(item):
+            if in_dict and texts and isinstance(key, str):
+                problem = text_problem(key)
+                if problem:
+                    raise HostileInputError(f"A field name{_where(where)} {problem}.")
+            if isinstance(child, str):
+                if texts and text_problem(child):
+                    check_text(child, _child_path(where, key, in_dict))
+            elif isinstance(child, dict | list | tuple):
+                stack.append((child, _child_path(where, key, in_dict), depth + 1))
+            elif isinstance(child, int) and not isinstance(child, bool) and not INT64_MIN <= child <= INT64_MAX:
+                check_int64(child, _child_path(where, key, in_dict))
     return value
 
 
@@ -107,8 +125,12 @@ def json_loads(raw: bytes | str, *, allow_constants: bool = True) -> Any:
     """json.loads that refuses hostile input with HostileInputError (and bad JSON with ValueError).
 
     `allow_constants` keeps the NaN/Infinity literals Python's json module writes for metric values."""
+    from_bytes = isinstance(raw, bytes)
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
+        raw = raw.decode("utf-8")  # fails on any surrogate, paired or not
+    # A NUL or lone surrogate in a decoded string can only come from a \u escape (the parser refuses raw
+    # control characters in strings), unless the caller's str already held a surrogate.
+    texts = "\\u" in raw or not (from_bytes or raw.isascii())
     try:
         data = json.loads(
             raw,
@@ -118,7 +140,7 @@ def json_loads(raw: bytes | str, *, allow_constants: bool = True) -> Any:
         )
     except RecursionError:
         raise HostileInputError(f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.") from None
-    return check_value(data)
+    return check_value(data, texts=texts)
 
 
 def check_mapping(data: Any) -> Any:

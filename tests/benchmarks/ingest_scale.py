@@ -10,6 +10,8 @@ alternate between the servers:
 - per-step log-metric: 8 client threads, each its own new run, one point per request (step by step, as
   `mlflow.log_metric` in a training loop sends them), keep-alive connections where the server keeps them.
 
+Each round the other server goes first; a fill ends with VACUUM ANALYZE and a CHECKPOINT.
+
 Bodies are pre-encoded and sent with http.client, so the client costs little CPU. Afterwards every
 measured run must hold exactly the points sent to it (each stored once), and each size reports both
 tables' heap and index sizes. At the largest size the exact insert statement mlboard runs for a
@@ -271,6 +273,8 @@ def fill_to(target: Target, size: int) -> None:
         filled = time.monotonic() - started
         conn.execute(f"VACUUM (ANALYZE) {target.metric_table}")
         conn.execute(f"VACUUM (ANALYZE) {'experiments_latestmetric' if target.kind == 'mlboard' else 'latest_metrics'}")
+        # Flush the fill's dirty pages now, not in the middle of whichever server is measured first.
+        conn.execute("CHECKPOINT")
     print(f"  {target.name}: +{steps * per_step:,} points (steps {first}..{last}) in {filled:.0f} s, "
           f"vacuum+analyze {time.monotonic() - started - filled:.0f} s", flush=True)
 
@@ -546,7 +550,9 @@ def main() -> int:
             rows = {t.name: table_rows(t) for t in targets}
             for round_number in range(args.rounds):
                 for kind, attr in ((batch, "batch"), (step, "step")):
-                    for target in targets:
+                    # Each round the other server goes first (whatever the machine does at a round's
+                    # start falls on both alike).
+                    for target in targets if round_number % 2 == 0 else targets[::-1]:
                         rate = measure(target, experiments[target.name], kind, getattr(target, attr),
                                        getattr(target, f"{attr}_cpu"), problems)
                         cpu = getattr(target, f"{attr}_cpu")[-1]
