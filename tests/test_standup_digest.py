@@ -79,9 +79,15 @@ def hook_factory():
 
 @pytest.fixture
 def night(team, board, manager, member):
-    """A team with a standup at 09:30 Berlin and activity in the hours before the window end."""
+    """A team with a standup at 09:30 and activity in the hours before the window end.
+
+    The window opens 3 hours before now, so the runs (ended 1 hour ago) fall inside it whatever the time
+    of day; a fixed opening time would leave them outside for an hour each day.
+    """
     team.timezone = "UTC"
     team.standup_time = dt.time(9, 30)
+    opens = timezone.now().astimezone(dt.UTC) - dt.timedelta(hours=3)
+    team.standup_window_start = opens.time().replace(microsecond=0)
     team.digest_emails = "lead@example.com\nMO@example.com\n"
     team.save()
     hyp = hypothesis(board, "Tenure features lift AUC", owner=member)
