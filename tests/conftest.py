@@ -47,6 +47,29 @@ def _outbound_reaches_loopback(settings):
     settings.OUTBOUND_ALLOWED_HOSTS = ["localhost"]  # pytest-django's live_server
 
 
+@pytest.fixture(autouse=True)
+def _live_server_closes_connections(request) -> Iterator[None]:
+    """Live-server request threads close their database connection after each request (max age 0).
+
+    A keep-alive client, such as the in-process mlflow client's pooled session, leaves its server
+    thread waiting for the next request; with persistent connections that thread would hold its
+    database session to the end of the run, and the test database could not be dropped.
+    """
+    if "live_server" not in request.fixturenames:
+        yield
+        return
+    from django.db import connections
+
+    saved = {alias: connections.settings[alias]["CONN_MAX_AGE"] for alias in connections.settings}
+    for alias in saved:
+        connections.settings[alias]["CONN_MAX_AGE"] = 0
+    try:
+        yield
+    finally:
+        for alias, max_age in saved.items():
+            connections.settings[alias]["CONN_MAX_AGE"] = max_age
+
+
 @pytest.fixture
 def make_user(db) -> Callable[..., User]:
     def make(username: str, **extra) -> User:
